@@ -1,0 +1,37 @@
+"""Location-aware attention (Chorowski et al., 2015), the paper's attention.
+
+Energies see the encoder frame, the decoder state and a convolution of the previous
+alignment, which keeps the alignment moving monotonically through long utterances.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LocationAwareAttention(nn.Module):
+    def __init__(self, enc_dim: int, dec_dim: int, att_dim: int, channels: int, kernel: int,
+                 sharpening: float = 2.0) -> None:
+        super().__init__()
+        self.enc_proj = nn.Linear(enc_dim, att_dim)
+        self.dec_proj = nn.Linear(dec_dim, att_dim, bias=False)
+        self.loc_conv = nn.Conv1d(1, channels, kernel, padding=kernel // 2, bias=False)
+        self.loc_proj = nn.Linear(channels, att_dim, bias=False)
+        self.score = nn.Linear(att_dim, 1)
+        self.sharpening = sharpening
+
+    def project(self, enc: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) -> (N, T, A): the decoder-independent part, computed once per utterance."""
+        return self.enc_proj(enc)
+
+    def forward(self, enc: torch.Tensor, enc_proj: torch.Tensor, mask: torch.Tensor,
+                query: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """enc (N, T, D), enc_proj (N, T, A), mask (N, T) valid, query (N, H), prev (N, T)
+        -> context (N, D), weights (N, T)."""
+        loc = self.loc_proj(self.loc_conv(prev.unsqueeze(1)).transpose(1, 2))  # (N, T, A)
+        energy = self.score(torch.tanh(enc_proj + self.dec_proj(query).unsqueeze(1) + loc))
+        energy = energy.squeeze(-1).masked_fill(~mask, float("-inf"))  # (N, T)
+        weights = torch.softmax(self.sharpening * energy, dim=-1)
+        context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)  # (N, D)
+        return context, weights

@@ -1,0 +1,67 @@
+"""LSTM decoder with location-aware attention (Listen, Attend and Spell style).
+
+s_i = LSTM(s_{i-1}, [emb(y_{i-1}); c_{i-1}]),  c_i = Attend(s_i, h, a_{i-1}),
+p(y_i) = softmax(W [s_i; c_i]).
+The same `step` serves teacher-forced training and beam search, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.models.attention import LocationAwareAttention
+from common.models.config import LSTMDecoderConfig
+from common.models.rows import Rows, lengths_to_mask
+
+
+class LSTMAttentionDecoder(nn.Module):
+    def __init__(self, cfg: LSTMDecoderConfig, enc_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(vocab_size, cfg.embed)
+        self.cells = nn.ModuleList(
+            [nn.LSTMCell(cfg.embed + enc_dim if i == 0 else cfg.hidden, cfg.hidden)
+             for i in range(cfg.layers)])
+        self.attention = LocationAwareAttention(enc_dim, cfg.hidden, cfg.att_dim,
+                                                cfg.att_conv_channels, cfg.att_conv_kernel)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output = nn.Linear(cfg.hidden + enc_dim, vocab_size)
+
+    def prepare(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> Rows:
+        """Per-row encoder memory: (N, T, D) output, its projection, and the valid mask."""
+        return {"enc": enc, "proj": self.attention.project(enc),
+                "mask": lengths_to_mask(enc_lens, enc.shape[1]), "lens": enc_lens}
+
+    def init_state(self, memory: Rows) -> Rows:
+        enc, mask = memory["enc"], memory["mask"]
+        n = enc.shape[0]
+        zeros = enc.new_zeros(self.cfg.layers, n, self.cfg.hidden)
+        prev = mask.float() / memory["lens"].unsqueeze(1).float()  # uniform over valid frames
+        return {"h": zeros, "c": zeros.clone(), "ctx": enc.new_zeros(n, enc.shape[2]), "att": prev}
+
+    def step(self, tokens: torch.Tensor, state: Rows, memory: Rows) -> tuple[torch.Tensor, Rows]:
+        """tokens (N,) -> log-probs (N, V), next state."""
+        logits, state = self._step(tokens, state, memory)
+        return torch.log_softmax(logits, dim=-1), state
+
+    def _step(self, tokens: torch.Tensor, state: Rows, memory: Rows) -> tuple[torch.Tensor, Rows]:
+        x = torch.cat([self.embed(tokens), state["ctx"]], dim=-1)
+        hs, cs = [], []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x, (state["h"][i], state["c"][i]))
+            hs.append(h)
+            cs.append(c)
+            x = self.dropout(h)
+        ctx, att = self.attention(memory["enc"], memory["proj"], memory["mask"], hs[-1], state["att"])
+        logits = self.output(torch.cat([x, ctx], dim=-1))
+        return logits, {"h": torch.stack(hs), "c": torch.stack(cs), "ctx": ctx, "att": att}
+
+    def forward(self, memory: Rows, ys_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ys_in (N, L) -> logits (N, L, V)."""
+        state = self.init_state(memory)
+        out = []
+        for t in range(ys_in.shape[1]):
+            logits, state = self._step(ys_in[:, t], state, memory)
+            out.append(logits)
+        return torch.stack(out, dim=1)

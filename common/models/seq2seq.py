@@ -1,0 +1,104 @@
+"""The attention-based encoder-decoder with a CTC head, assembled from a ModelConfig.
+
+Interface used by every stage (DESIGN.md, "Model interface"):
+  encode(feats, lens) -> (enc, enc_lens)
+  decoder.prepare / init_state / step / forward  (rows = utterance x hypothesis)
+  ctc_log_probs(enc) for joint CTC-attention training and CTC prefix scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.models.config import ModelConfig
+from common.models.conformer import ConformerEncoder
+from common.models.lstm_decoder import LSTMAttentionDecoder
+from common.models.pblstm import PyramidalBLSTMEncoder
+from common.models.transformer_decoder import TransformerDecoder
+from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
+
+IGNORE = -100
+
+
+@dataclass
+class Losses:
+    loss: torch.Tensor
+    att: torch.Tensor
+    ctc: torch.Tensor
+    acc: float
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, input_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg, self.input_dim, self.vocab_size = cfg, input_dim, vocab_size
+        if cfg.encoder.type == "pblstm":
+            self.encoder = PyramidalBLSTMEncoder(cfg.encoder, input_dim)
+        else:
+            self.encoder = ConformerEncoder(cfg.encoder, input_dim)
+        enc_dim = self.encoder.output_dim
+        if cfg.decoder.type == "lstm":
+            self.decoder = LSTMAttentionDecoder(cfg.decoder, enc_dim, vocab_size)
+        else:
+            self.decoder = TransformerDecoder(cfg.decoder, enc_dim, vocab_size)
+        self.ctc = nn.Linear(enc_dim, vocab_size)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F), (B,) -> (B, T', D), (B,)."""
+        return self.encoder(feats, lens)
+
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        """(B, T', D) -> (B, T', V) log-probabilities."""
+        return torch.log_softmax(self.ctc(enc), dim=-1)
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor,
+                targets: list[list[int]]) -> Losses:
+        """Joint CTC-attention loss for one batch with ground-truth token ids."""
+        enc, enc_lens = self.encode(feats, lens)
+        memory = self.decoder.prepare(enc, enc_lens)
+        ys_in, ys_out = decoder_io(targets, enc.device)
+        logits = self.decoder(memory, ys_in)
+        att = attention_loss(logits, ys_out, self.cfg.label_smoothing)
+        ctc = ctc_loss(self.ctc_log_probs(enc), enc_lens, targets)
+        w = self.cfg.ctc_weight
+        valid = ys_out != IGNORE
+        acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
+        return Losses(loss=(1 - w) * att + w * ctc, att=att, ctc=ctc, acc=acc)
+
+
+def decoder_io(targets: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> decoder input [sos y] (N, L+1) padded with eos, output [y eos] padded IGNORE."""
+    longest = max(len(t) for t in targets) + 1
+    ys_in = torch.full((len(targets), longest), EOS_ID, dtype=torch.long)
+    ys_out = torch.full((len(targets), longest), IGNORE, dtype=torch.long)
+    for i, t in enumerate(targets):
+        ys_in[i, : len(t) + 1] = torch.tensor([SOS_ID, *t], dtype=torch.long)
+        ys_out[i, : len(t) + 1] = torch.tensor([*t, EOS_ID], dtype=torch.long)
+    return ys_in.to(device), ys_out.to(device)
+
+
+def attention_loss(logits: torch.Tensor, ys_out: torch.Tensor, smoothing: float,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Label-smoothed cross-entropy summed over tokens; per sequence when reduction='none'."""
+    n, length, v = logits.shape
+    tok = F.cross_entropy(logits.reshape(-1, v).float(), ys_out.reshape(-1), ignore_index=IGNORE,
+                          label_smoothing=smoothing, reduction="none").view(n, length)
+    per_seq = tok.sum(1)
+    return per_seq if reduction == "none" else per_seq.mean()
+
+
+def ctc_loss(log_probs: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]],
+             reduction: str = "mean") -> torch.Tensor:
+    """CTC summed over each sequence; mean over the batch unless reduction='none'."""
+    flat = torch.tensor([tok for t in targets for tok in t], dtype=torch.long)
+    tlens = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    loss = F.ctc_loss(log_probs.transpose(0, 1).float(), flat, enc_lens.cpu(), tlens,
+                      blank=BLANK_ID, reduction="none", zero_infinity=True)
+    return loss if reduction == "none" else loss.mean()
