@@ -36,7 +36,7 @@ class LSTMAttentionDecoder(nn.Module):
     def init_state(self, memory: Rows) -> Rows:
         enc, mask = memory["enc"], memory["mask"]
         n = enc.shape[0]
-        zeros = enc.new_zeros(self.cfg.layers, n, self.cfg.hidden)
+        zeros = enc.new_zeros(n, self.cfg.layers, self.cfg.hidden)  # (N, layers, H)
         prev = mask.float() / memory["lens"].unsqueeze(1).float()  # uniform over valid frames
         return {"h": zeros, "c": zeros.clone(), "ctx": enc.new_zeros(n, enc.shape[2]), "att": prev}
 
@@ -49,13 +49,13 @@ class LSTMAttentionDecoder(nn.Module):
         x = torch.cat([self.embed(tokens), state["ctx"]], dim=-1)
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
-            h, c = cell(x, (state["h"][i], state["c"][i]))
+            h, c = cell(x, (state["h"][:, i], state["c"][:, i]))
             hs.append(h)
             cs.append(c)
             x = self.dropout(h)
         ctx, att = self.attention(memory["enc"], memory["proj"], memory["mask"], hs[-1], state["att"])
         logits = self.output(torch.cat([x, ctx], dim=-1))
-        return logits, {"h": torch.stack(hs), "c": torch.stack(cs), "ctx": ctx, "att": att}
+        return logits, {"h": torch.stack(hs, 1), "c": torch.stack(cs, 1), "ctx": ctx, "att": att}
 
     def forward(self, memory: Rows, ys_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: ys_in (N, L) -> logits (N, L, V)."""

@@ -1,0 +1,174 @@
+"""Batched beam search: every utterance and every hypothesis of a batch in one decoder step.
+
+Rows are utterance-major (row = u * beam + k). Each step runs the decoder once for all
+rows, optionally adds CTC prefix scores for each row's best attention candidates, and
+picks 2 x beam candidates per utterance with one top-k. Candidates ending in </s> among
+the top `beam` are finished; the best `beam` others continue. An utterance is done when
+it holds `beam` finished hypotheses or reaches its maximum length (then </s> is forced);
+finished utterances are dropped from the batch so long ones do not drag short ones along.
+`common.beam_search_reference` implements the same rules one hypothesis at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from common.ctc_prefix import CTCPrefixScorer, select_state
+from common.models.rows import select_rows
+from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class BeamConfig:
+    beam: int = 10
+    nbest: int = 1
+    ctc_weight: float = 0.0        # joint decoding: (1 - w) * attention + w * CTC prefix score
+    length_penalty: float = 1.0    # ranking score = log p / (tokens incl. </s>) ** length_penalty
+    max_len_ratio: float = 1.0     # at most ratio x encoder frames output tokens (at least 1)
+    ctc_candidates: float = 1.5    # CTC scores the ceil(ratio x beam) best attention tokens per row
+
+    def validate(self) -> None:
+        if self.beam < 1:
+            raise ValueError("beam must be >= 1")
+        if not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"nbest must be in 1..beam ({self.beam})")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError("ctc_weight must be in [0, 1]")
+        if self.max_len_ratio <= 0:
+            raise ValueError("max_len_ratio must be > 0")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]              # output tokens, without </s>
+    logp: float                    # accumulated (joint) log-probability, </s> included
+    score: float                   # length-normalised score used for ranking
+    text: str = field(default="")
+
+
+def max_lengths(enc_lens: torch.Tensor, ratio: float) -> list[int]:
+    return [max(1, int(math.floor(ratio * int(n)))) for n in enc_lens]
+
+
+def normalised(logp: float, length: int, penalty: float) -> float:
+    return logp / (length ** penalty) if penalty else logp
+
+
+def ctc_candidate_count(cfg: BeamConfig, vocab: int) -> int:
+    return min(vocab, int(math.ceil(cfg.ctc_candidates * cfg.beam)))
+
+
+@torch.no_grad()
+def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
+                cfg: BeamConfig) -> list[list[Hypothesis]]:
+    """enc (B, T, D), enc_lens (B,) -> per utterance, the N-best hypotheses, best first."""
+    cfg.validate()
+    batch, k, vocab = enc.shape[0], cfg.beam, model.vocab_size
+    device = enc.device
+    limit = torch.tensor(max_lengths(enc_lens, cfg.max_len_ratio), device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+
+    active = torch.arange(batch, device=device)          # original ids of live utterances
+    rows = active.repeat_interleave(k)
+    memory = model.decoder.prepare(enc.index_select(0, rows), enc_lens.index_select(0, rows))
+    state = model.decoder.init_state(memory)
+    scores = torch.full((batch, k), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    scores = scores.view(-1)
+    history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
+    last = torch.full((batch * k,), SOS_ID, dtype=torch.long, device=device)
+    use_ctc = cfg.ctc_weight > 0
+    if use_ctc:
+        ctc_logp = model.ctc_log_probs(enc).index_select(0, rows)
+        scorer = CTCPrefixScorer(ctc_logp, enc_lens.index_select(0, rows))
+        ctc_state = scorer.initial_state()
+        n_cand = ctc_candidate_count(cfg, vocab)
+
+    step = 0
+    while active.numel():
+        n_utt = active.numel()
+        att, new_state = model.decoder.step(last, state, memory)   # (N, V)
+        att[:, BLANK_ID] = NEG_INF
+        if use_ctc:
+            cand = pick_ctc_candidates(att, n_cand)                      # (N, C)
+            delta, r_new, psi = scorer.score(ctc_state, cand)
+            joint = torch.full_like(att, NEG_INF)
+            joint.scatter_(1, cand, (1 - cfg.ctc_weight) * att.gather(1, cand) + cfg.ctc_weight * delta)
+        else:
+            joint = att
+        at_limit = (limit.index_select(0, active) <= step + 1).repeat_interleave(k)  # (N,)
+        if bool(at_limit.any()):
+            eos_col = joint[:, EOS_ID].clone()
+            joint[at_limit] = NEG_INF
+            joint[:, EOS_ID] = eos_col
+        total = (scores.unsqueeze(1) + joint).view(n_utt, k * vocab)
+        top_scores, top_idx = total.topk(2 * k, dim=1)               # (U, 2k), best first
+        src = top_idx // vocab + (torch.arange(n_utt, device=device) * k).unsqueeze(1)
+        tok = top_idx % vocab
+        is_eos = tok == EOS_ID
+
+        ends = is_eos & (torch.arange(2 * k, device=device) < k) & torch.isfinite(top_scores)
+        if bool(ends.any()):
+            _collect(finished, active, ends, src, top_scores, history, cfg)
+        keep = ~is_eos
+        keep &= (keep.cumsum(1) <= k)
+        new_rows, new_tok = src[keep], tok[keep]                   # (U * k,), utterance-major
+        scores = top_scores[keep]
+        state = select_rows(new_state, new_rows)
+        history = torch.cat([history.index_select(0, new_rows), new_tok.unsqueeze(1)], dim=1)
+        last = new_tok
+        if use_ctc:
+            col = _candidate_column(cand, new_rows, new_tok)
+            ctc_state = CTCPrefixScorer.select(r_new, psi, new_rows, col, new_tok, step + 1)
+        step += 1
+
+        live = torch.tensor([len(finished[int(u)]) < k for u in active], device=device)
+        live &= limit.index_select(0, active) > step
+        if not bool(live.all()):
+            keep_rows = (live.nonzero().squeeze(1) * k).unsqueeze(1) + torch.arange(k, device=device)
+            keep_rows = keep_rows.reshape(-1)
+            active = active[live]
+            memory, state = select_rows(memory, keep_rows), select_rows(state, keep_rows)
+            scores, history, last = scores[keep_rows], history[keep_rows], last[keep_rows]
+            if use_ctc:
+                scorer = scorer.select_rows(keep_rows)
+                ctc_state = select_state(ctc_state, keep_rows)
+
+    return [nbest(hyps, cfg.nbest) for hyps in finished]
+
+
+def nbest(finished: list[Hypothesis], n: int) -> list[Hypothesis]:
+    """Best n by normalised score; an utterance that finished nothing gets one empty -inf answer."""
+    if not finished:
+        return [Hypothesis(tokens=[], logp=NEG_INF, score=NEG_INF)]
+    return sorted(finished, key=lambda h: h.score, reverse=True)[:n]
+
+
+def pick_ctc_candidates(att: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, V) attention log-probs -> (N, count) ids: </s> and the best count - 1 others."""
+    pick = att.clone()
+    pick[:, EOS_ID] = float("inf")  # </s> is always scored, so a forced end is never -inf
+    return pick.topk(count, dim=1).indices
+
+
+def _candidate_column(cand: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Column of each chosen token within its source row's CTC candidate list."""
+    return (cand.index_select(0, rows) == tokens.unsqueeze(1)).float().argmax(1)
+
+
+def _collect(finished: list[list[Hypothesis]], active: torch.Tensor, ends: torch.Tensor,
+             src: torch.Tensor, top_scores: torch.Tensor, history: torch.Tensor,
+             cfg: BeamConfig) -> None:
+    """Move hypotheses that just emitted </s> into their utterance's finished list, in rank order."""
+    utts = ends.nonzero()[:, 0].tolist()
+    logps = top_scores[ends].tolist()
+    prefixes = history.index_select(0, src[ends]).tolist()
+    for u, logp, prefix in zip(utts, logps, prefixes):
+        finished[int(active[u])].append(
+            Hypothesis(tokens=prefix, logp=logp,
+                       score=normalised(logp, len(prefix) + 1, cfg.length_penalty)))

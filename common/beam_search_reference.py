@@ -1,0 +1,110 @@
+"""Reference beam search: one utterance, one hypothesis, one token at a time.
+
+Deliberately plain (Python lists, a decoder call per hypothesis, CTC prefix
+probabilities recomputed from scratch for every prefix) so that it is easy to check by
+eye. Its only job is to be the oracle for `common.beam_search.beam_search`, which must
+return the same N-best token for token; the rules here are the ones documented there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from common.beam_search import (BeamConfig, Hypothesis, ctc_candidate_count, max_lengths, nbest,
+                                normalised)
+from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
+
+NEG_INF = float("-inf")
+
+
+def _logadd(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+def ctc_prefix_scores(logp: list[list[float]], prefix: list[int]) -> tuple[float, float]:
+    """(log P(labelling starts with prefix), log P(labelling is exactly prefix)) under CTC,
+    by the textbook forward recursion over T frames of log-probs logp[t][v]."""
+    frames = len(logp)
+    r_n = [NEG_INF] * frames
+    r_b = [0.0] * frames
+    acc = 0.0
+    for t in range(frames):
+        acc += logp[t][BLANK_ID]
+        r_b[t] = acc
+    psi = 0.0
+    for i, c in enumerate(prefix):
+        new_n, new_b = [NEG_INF] * frames, [NEG_INF] * frames
+        psi = NEG_INF
+        if i == 0:
+            new_n[0] = logp[0][c]
+            psi = new_n[0]
+        for t in range(1, frames):
+            phi = r_b[t - 1] if i > 0 and prefix[i - 1] == c else _logadd(r_n[t - 1], r_b[t - 1])
+            new_n[t] = _logadd(new_n[t - 1], phi) + logp[t][c]
+            new_b[t] = _logadd(new_n[t - 1], new_b[t - 1]) + logp[t][BLANK_ID]
+            psi = _logadd(psi, phi + logp[t][c])
+        r_n, r_b = new_n, new_b
+    return psi, _logadd(r_n[-1], r_b[-1])
+
+
+@torch.no_grad()
+def reference_beam_search(model, enc: torch.Tensor, enc_len: int,
+                          cfg: BeamConfig) -> list[Hypothesis]:
+    """enc (1, T, D) of one utterance (unpadded) -> its N-best, best first."""
+    k = cfg.beam
+    enc = enc[:, :enc_len]
+    lens = torch.tensor([enc_len])
+    memory = model.decoder.prepare(enc, lens)
+    (limit,) = max_lengths(lens, cfg.max_len_ratio)
+    ctc_logp = model.ctc_log_probs(enc)[0].tolist() if cfg.ctc_weight > 0 else None
+    n_cand = ctc_candidate_count(cfg, model.vocab_size)
+
+    # a running hypothesis: (score, tokens, decoder state, CTC prefix log-prob)
+    running = [(0.0, [], model.decoder.init_state(memory), 0.0)]
+    finished: list[Hypothesis] = []
+    for step in range(limit):
+        candidates = []  # (score, tokens + [v], state, ctc psi)
+        for score, tokens, state, psi in running:
+            last = tokens[-1] if tokens else SOS_ID
+            att, new_state = model.decoder.step(torch.tensor([last]), state, memory)
+            att = att[0].tolist()
+            att[BLANK_ID] = NEG_INF
+            joint = _joint_scores(att, tokens, psi, ctc_logp, cfg, n_cand)
+            if step + 1 >= limit:
+                joint = {v: s for v, s in joint.items() if v == EOS_ID}
+            for v, (s, new_psi) in joint.items():
+                if score + s > NEG_INF:
+                    candidates.append((score + s, tokens + [v], new_state, new_psi))
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        top = candidates[: 2 * k]
+        for rank, (score, tokens, _, _) in enumerate(top):
+            if tokens[-1] == EOS_ID and rank < k:
+                finished.append(Hypothesis(tokens=tokens[:-1], logp=score,
+                                           score=normalised(score, len(tokens), cfg.length_penalty)))
+        running = [c for c in top if c[1][-1] != EOS_ID][:k]
+        if len(finished) >= k or not running:
+            break
+    return nbest(finished, cfg.nbest)
+
+
+def _joint_scores(att: list[float], tokens: list[int], psi: float, ctc_logp, cfg: BeamConfig,
+                  n_cand: int) -> dict[int, tuple[float, float]]:
+    """token -> (step score, new CTC prefix log-prob) for every token worth considering."""
+    if ctc_logp is None:
+        return {v: (a, 0.0) for v, a in enumerate(att) if a > NEG_INF}
+    others = sorted((v for v in range(len(att)) if v != EOS_ID), key=lambda v: att[v], reverse=True)
+    out = {}
+    for v in [EOS_ID] + others[: n_cand - 1]:
+        if att[v] == NEG_INF:
+            continue
+        new_psi = (ctc_prefix_scores(ctc_logp, tokens)[1] if v == EOS_ID
+                   else ctc_prefix_scores(ctc_logp, tokens + [v])[0])
+        out[v] = ((1 - cfg.ctc_weight) * att[v] + cfg.ctc_weight * (new_psi - psi), new_psi)
+    return out

@@ -1,0 +1,88 @@
+"""Bundle + audio in, N-best out: the decode path shared by the CLI, the service and labeling."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from common.audio import DEFAULT_LIMITS, AudioLimits, load_audio
+from common.beam_search import BeamConfig, Hypothesis, beam_search
+from common.bundle import Bundle, load_bundle
+from common.device import pick_device
+from common.features import pad_features
+
+
+@dataclass
+class NBestEntry:
+    text: str
+    tokens: list[int]
+    logp: float
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "tokens": self.tokens, "logp": self.logp}
+
+
+@dataclass
+class Transcript:
+    text: str
+    nbest: list[NBestEntry]
+    duration_s: float
+    rtf: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "nbest": [n.as_dict() for n in self.nbest],
+                "duration_s": self.duration_s, "rtf": self.rtf, **self.extra}
+
+
+class Transcriber:
+    """Decodes many utterances in length-sorted batches with the batched beam search."""
+
+    def __init__(self, bundle: Bundle | str | Path, device: str = "auto",
+                 limits: AudioLimits = DEFAULT_LIMITS) -> None:
+        self.device = pick_device(device)
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, self.device)
+        self.bundle.model.to(self.device).eval()
+        self.limits = limits
+
+    @property
+    def sample_rate(self) -> int:
+        return self.bundle.features.config.sample_rate
+
+    def load(self, source: str | Path | bytes) -> torch.Tensor:
+        return load_audio(source, self.limits, self.sample_rate)
+
+    def transcribe(self, sources: list[str | Path | bytes], cfg: BeamConfig,
+                   batch_size: int = 16) -> list[Transcript]:
+        return self.transcribe_waves([self.load(s) for s in sources], cfg, batch_size)
+
+    @torch.no_grad()
+    def transcribe_waves(self, waves: list[torch.Tensor], cfg: BeamConfig,
+                         batch_size: int = 16) -> list[Transcript]:
+        """Decode waveforms; results come back in input order."""
+        order = sorted(range(len(waves)), key=lambda i: waves[i].numel(), reverse=True)
+        out: list[Transcript | None] = [None] * len(waves)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            began = time.perf_counter()
+            hyps = self.decode_features([self.bundle.features(waves[i]) for i in idx], cfg)
+            elapsed = time.perf_counter() - began
+            seconds = sum(waves[i].numel() for i in idx) / self.sample_rate
+            for i, nbest in zip(idx, hyps):
+                out[i] = self._transcript(nbest, waves[i].numel() / self.sample_rate,
+                                          elapsed / max(seconds, 1e-9))
+        return [t for t in out if t is not None]
+
+    def decode_features(self, feats: list[torch.Tensor], cfg: BeamConfig) -> list[list[Hypothesis]]:
+        padded, lens = pad_features(feats)
+        model = self.bundle.model
+        enc, enc_lens = model.encode(padded.to(self.device), lens.to(self.device))
+        return beam_search(model, enc, enc_lens, cfg)
+
+    def _transcript(self, nbest: list[Hypothesis], duration: float, rtf: float) -> Transcript:
+        entries = [NBestEntry(self.bundle.tokenizer.decode(h.tokens), h.tokens, h.logp) for h in nbest]
+        return Transcript(text=entries[0].text, nbest=entries, duration_s=round(duration, 4),
+                          rtf=round(rtf, 5))

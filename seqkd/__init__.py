@@ -1,0 +1,1 @@
+"""The seqkd command line and the end-to-end demo pipeline."""

@@ -1,0 +1,63 @@
+"""`seqkd transcribe BUNDLE FILE...`: one line of text per file, or JSON with --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from common.audio import AudioError
+from common.beam_search import BeamConfig
+from common.bundle import BundleError
+from common.config import ConfigError, from_dict
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="model bundle directory")
+    p.add_argument("files", nargs="+", help="audio files (WAV, FLAC, MP3, OGG, SPHERE .wv1, ...)")
+    add_beam_arguments(p)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1")
+    p.add_argument("--json", action="store_true", help="one JSON object per file: N-best, scores, RTF")
+    p.set_defaults(run=run)
+
+
+def add_beam_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--nbest", type=int, default=1)
+    p.add_argument("--ctc-weight", type=float, default=0.0)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--max-len-ratio", type=float, default=1.0)
+
+
+def beam_config(args: argparse.Namespace) -> BeamConfig:
+    return from_dict(BeamConfig, {"beam": args.beam, "nbest": args.nbest,
+                                  "ctc_weight": args.ctc_weight,
+                                  "length_penalty": args.length_penalty,
+                                  "max_len_ratio": args.max_len_ratio}, "decode")
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.transcriber import Transcriber  # torch import only when needed
+
+    try:
+        cfg = beam_config(args)
+        transcriber = Transcriber(args.bundle, device=args.device)
+    except (ConfigError, BundleError, ValueError) as exc:
+        print(f"seqkd transcribe: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    good: list[tuple[str, object]] = []
+    for path in args.files:
+        try:
+            good.append((path, transcriber.load(path)))
+        except AudioError as exc:
+            print(f"seqkd transcribe: {path}: {exc}", file=sys.stderr)
+            status = 1
+    results = transcriber.transcribe_waves([w for _, w in good], cfg, args.batch_size)
+    for (path, _), result in zip(good, results):
+        if args.json:
+            print(json.dumps({"file": path, **result.as_dict()}))
+        else:
+            print(result.text)
+    return status
