@@ -1,0 +1,67 @@
+"""The `seqkd` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from common.beam_search import BeamConfig
+from common.transcriber import Transcriber
+from tests.conftest import SENTENCES
+
+COMMANDS = ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill", "report", "demo"]
+
+
+def seqkd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seqkd.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_lists_all_nine_commands():
+    out = seqkd("--help")
+    assert out.returncode == 0
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ")
+              and line.split()[0] in COMMANDS]
+    assert listed == COMMANDS
+
+
+def test_pending_commands_exit_2_with_one_line():
+    for name in ["label", "distill", "report"]:
+        out = seqkd(name, "anything")
+        assert out.returncode == 2
+        assert out.stderr.strip().count("\n") == 0 and "not implemented yet" in out.stderr
+
+
+def test_transcribe_text_and_json_match_the_library(tiny_bundle, speech_dir):
+    path, _ = tiny_bundle
+    files = [str(speech_dir / f"utt{i}.wav") for i in range(len(SENTENCES))]
+    out = seqkd("transcribe", str(path), *files, "--beam", "4")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == SENTENCES
+
+    out = seqkd("transcribe", str(path), *files, "--beam", "4", "--nbest", "2", "--json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    expected = Transcriber(path, device="cpu").transcribe(files, BeamConfig(beam=4, nbest=2))
+    for row, want, f in zip(rows, expected, files):
+        assert row["file"] == f and row["text"] == want.text
+        assert [n["tokens"] for n in row["nbest"]] == [n.tokens for n in want.nbest]
+        assert abs(row["nbest"][0]["logp"] - want.nbest[0].logp) < 1e-4
+        assert row["duration_s"] > 0.5 and row["rtf"] > 0
+
+
+def test_transcribe_reports_bad_files_and_keeps_going(tiny_bundle, speech_dir, tmp_path):
+    path, _ = tiny_bundle
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF garbage")
+    out = seqkd("transcribe", str(path), str(bad), str(speech_dir / "utt0.wav"))
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [SENTENCES[0]]
+    assert "bad.wav" in out.stderr and "WAV header" in out.stderr
+
+
+def test_transcribe_bad_bundle_and_options(tmp_path, speech_dir):
+    out = seqkd("transcribe", str(tmp_path), str(speech_dir / "utt0.wav"))
+    assert out.returncode == 2 and "incomplete model bundle" in out.stderr
+    out = seqkd("transcribe", str(tmp_path), "x.wav", "--beam", "2", "--nbest", "5")
+    assert out.returncode == 2 and "nbest must be in 1..beam" in out.stderr
