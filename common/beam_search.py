@@ -5,7 +5,8 @@ rows, optionally adds CTC prefix scores for each row's best attention candidates
 picks 2 x beam candidates per utterance with one top-k. Candidates ending in </s> among
 the top `beam` are finished; the best `beam` others continue. An utterance is done when
 it holds `beam` finished hypotheses or reaches its maximum length (then </s> is forced);
-finished utterances are dropped from the batch so long ones do not drag short ones along.
+done utterances are dropped from the batch (in groups, with the padding they leave behind)
+so that long utterances do not drag short ones along.
 `common.beam_search_reference` implements the same rules one hypothesis at a time.
 """
 
@@ -51,6 +52,20 @@ class Hypothesis:
     text: str = field(default="")
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped longest first into batches of similar length (little padding).
+
+    The attention energies cost rows x frames each step whatever the batching, so padding
+    is pure waste and batches too large to stay in cache are slower on a CPU.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 64 if device.type == "cuda" else 8
+
+
 def max_lengths(enc_lens: torch.Tensor, ratio: float) -> list[int]:
     return [max(1, int(math.floor(ratio * int(n)))) for n in enc_lens]
 
@@ -72,6 +87,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
     device = enc.device
     limit = torch.tensor(max_lengths(enc_lens, cfg.max_len_ratio), device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # done utterances may still hold rows
 
     active = torch.arange(batch, device=device)          # original ids of live utterances
     rows = active.repeat_interleave(k)
@@ -113,6 +129,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
         is_eos = tok == EOS_ID
 
         ends = is_eos & (torch.arange(2 * k, device=device) < k) & torch.isfinite(top_scores)
+        ends &= ~done.index_select(0, active).unsqueeze(1)
         if bool(ends.any()):
             _collect(finished, active, ends, src, top_scores, history, cfg)
         keep = ~is_eos
@@ -127,9 +144,11 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
             ctc_state = CTCPrefixScorer.select(r_new, psi, new_rows, col, new_tok, step + 1)
         step += 1
 
-        live = torch.tensor([len(finished[int(u)]) < k for u in active], device=device)
-        live &= limit.index_select(0, active) > step
-        if not bool(live.all()):
+        for u in active.tolist():
+            if len(finished[u]) >= k or int(limit[u]) <= step:
+                done[u] = True
+        live = ~done.index_select(0, active)
+        if int(live.sum()) <= (3 * n_utt) // 4:  # compact lazily: copies cost as much as steps
             keep_rows = (live.nonzero().squeeze(1) * k).unsqueeze(1) + torch.arange(k, device=device)
             keep_rows = keep_rows.reshape(-1)
             active = active[live]
@@ -138,6 +157,11 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
             if use_ctc:
                 scorer = scorer.select_rows(keep_rows)
                 ctc_state = select_state(ctc_state, keep_rows)
+            if active.numel():  # drop the padding of the utterances that left
+                frames = int(enc_lens.index_select(0, active).max())
+                memory, state = model.decoder.trim_time(memory, state, frames)
+                if use_ctc:
+                    scorer, ctc_state = scorer.trim_time(ctc_state, frames)
 
     return [nbest(hyps, cfg.nbest) for hyps in finished]
 

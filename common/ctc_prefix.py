@@ -70,6 +70,12 @@ class CTCPrefixScorer:
         """The state of the chosen (row, candidate column) pairs, one per new row."""
         return CTCState(r=r_new[:, :, rows, cols], psi=psi[rows, cols], last=tokens, length=length)
 
+    def trim_time(self, state: CTCState, frames: int) -> tuple["CTCPrefixScorer", CTCState]:
+        """Keep the first `frames` frames: enough for every remaining row, so scores are unchanged."""
+        out = CTCPrefixScorer.__new__(CTCPrefixScorer)
+        out.x = self.x[:frames]
+        return out, CTCState(r=state.r[:frames], psi=state.psi, last=state.last, length=state.length)
+
     def select_rows(self, rows: torch.Tensor) -> "CTCPrefixScorer":
         out = CTCPrefixScorer.__new__(CTCPrefixScorer)
         out.x = self.x.index_select(1, rows)

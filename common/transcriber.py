@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from common.audio import DEFAULT_LIMITS, AudioLimits, load_audio
-from common.beam_search import BeamConfig, Hypothesis, beam_search
+from common.beam_search import (BeamConfig, Hypothesis, beam_search, default_batch_size,
+                                length_sorted_batches)
 from common.bundle import Bundle, load_bundle
 from common.device import pick_device
 from common.features import pad_features
@@ -56,17 +57,16 @@ class Transcriber:
         return load_audio(source, self.limits, self.sample_rate)
 
     def transcribe(self, sources: list[str | Path | bytes], cfg: BeamConfig,
-                   batch_size: int = 16) -> list[Transcript]:
+                   batch_size: int | None = None) -> list[Transcript]:
         return self.transcribe_waves([self.load(s) for s in sources], cfg, batch_size)
 
     @torch.no_grad()
     def transcribe_waves(self, waves: list[torch.Tensor], cfg: BeamConfig,
-                         batch_size: int = 16) -> list[Transcript]:
-        """Decode waveforms; results come back in input order."""
-        order = sorted(range(len(waves)), key=lambda i: waves[i].numel(), reverse=True)
+                         batch_size: int | None = None) -> list[Transcript]:
+        """Decode waveforms in length-sorted batches; results come back in input order."""
+        batch_size = batch_size or default_batch_size(self.device)
         out: list[Transcript | None] = [None] * len(waves)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in length_sorted_batches([w.numel() for w in waves], batch_size):
             began = time.perf_counter()
             hyps = self.decode_features([self.bundle.features(waves[i]) for i in idx], cfg)
             elapsed = time.perf_counter() - began

@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="model bundle directory")
     p.add_argument("files", nargs="+", help="audio files (WAV, FLAC, MP3, OGG, SPHERE .wv1, ...)")
     add_beam_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="utterances per decoding batch (default: 8 on CPU, 64 on GPU)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1")
     p.add_argument("--json", action="store_true", help="one JSON object per file: N-best, scores, RTF")
     p.set_defaults(run=run)

@@ -29,9 +29,12 @@ class LocationAwareAttention(nn.Module):
                 query: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """enc (N, T, D), enc_proj (N, T, A), mask (N, T) valid, query (N, H), prev (N, T)
         -> context (N, D), weights (N, T)."""
-        loc = self.loc_proj(self.loc_conv(prev.unsqueeze(1)).transpose(1, 2))  # (N, T, A)
-        energy = self.score(torch.tanh(enc_proj + self.dec_proj(query).unsqueeze(1) + loc))
-        energy = energy.squeeze(-1).masked_fill(~mask, float("-inf"))  # (N, T)
+        n, t, a = enc_proj.shape
+        loc = self.loc_conv(prev.unsqueeze(1)).transpose(1, 2).reshape(n * t, -1)  # (N*T, C)
+        # enc_proj + loc_proj(loc) in one fused addmm: this is the hot loop of decoding
+        hidden = torch.addmm(enc_proj.reshape(n * t, a), loc, self.loc_proj.weight.t()).view(n, t, a)
+        hidden = torch.tanh_(hidden.add_(self.dec_proj(query).unsqueeze(1)))
+        energy = self.score(hidden).squeeze(-1).masked_fill(~mask, float("-inf"))  # (N, T)
         weights = torch.softmax(self.sharpening * energy, dim=-1)
         context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)  # (N, D)
         return context, weights

@@ -57,6 +57,12 @@ class LSTMAttentionDecoder(nn.Module):
         logits = self.output(torch.cat([x, ctx], dim=-1))
         return logits, {"h": torch.stack(hs, 1), "c": torch.stack(cs, 1), "ctx": ctx, "att": att}
 
+    def trim_time(self, memory: Rows, state: Rows, frames: int) -> tuple[Rows, Rows]:
+        """Drop encoder frames past `frames` (all padding for the remaining rows)."""
+        memory = {**memory, "enc": memory["enc"][:, :frames], "proj": memory["proj"][:, :frames],
+                  "mask": memory["mask"][:, :frames]}
+        return memory, {**state, "att": state["att"][:, :frames]}
+
     def forward(self, memory: Rows, ys_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: ys_in (N, L) -> logits (N, L, V)."""
         state = self.init_state(memory)

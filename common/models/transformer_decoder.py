@@ -40,6 +40,10 @@ class TransformerDecoder(nn.Module):
         logits = self.forward(memory, prefix)[:, -1]
         return torch.log_softmax(logits, dim=-1), {"prefix": prefix}
 
+    def trim_time(self, memory: Rows, state: Rows, frames: int) -> tuple[Rows, Rows]:
+        """Drop encoder frames past `frames` (all padding for the remaining rows)."""
+        return {"enc": memory["enc"][:, :frames], "pad": memory["pad"][:, :frames]}, state
+
     def forward(self, memory: Rows, ys_in: torch.Tensor) -> torch.Tensor:
         """ys_in (N, L) -> logits (N, L, V) with a causal mask."""
         length = ys_in.shape[1]
