@@ -73,7 +73,8 @@ class Tokenizer:
         return list(self.sp.encode(text))
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.sp.decode([int(i) for i in ids if int(i) > EOS_ID])
+        """Text of ids; blank and </s> are dropped, <unk> shows as sentencepiece's ' ⁇ '."""
+        return self.sp.decode([int(i) for i in ids if int(i) not in (BLANK_ID, EOS_ID)])
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]

@@ -6,10 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from seqkd import transcribe_cmd
+from seqkd import prepare_cmd, transcribe_cmd
 
 PENDING = {
-    "prepare": ("write manifest shards from WSJ, Kaldi dirs, LibriSpeech, JSONL or the synthetic corpus", 4),
     "train": ("train a teacher or baseline on ground truth with Ray Train", 5),
     "evaluate": ("decode a manifest and score WER/CER, params and RTF", 5),
     "serve": ("serve a bundle over HTTP with Ray Serve + FastAPI", 6),
@@ -25,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqkd", description="Sequence-level knowledge distillation for attention-based ASR.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
+        "prepare": ("write manifest shards (synthetic corpus now; WSJ, Kaldi, LibriSpeech, JSONL: "
+                    "issue #4) and train tokenizers", prepare_cmd.add_arguments),
         "transcribe": ("decode audio files with a model bundle", transcribe_cmd.add_arguments),
     }
     for name in ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill",

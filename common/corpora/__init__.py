@@ -1,0 +1,1 @@
+"""Corpora -> manifest shards (Parquet, audio embedded as FLAC): the input of every stage."""
