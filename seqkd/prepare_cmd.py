@@ -22,6 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(run=run_synth)
 
+    lib = sub.add_parser("librispeech", help="LibriSpeech/<subset>/<spk>/<chapter>/ with .trans.txt")
+    lib.add_argument("dir", help="the LibriSpeech directory (holding subsets such as dev-clean)")
+    lib.add_argument("--out", required=True, help="output directory (one manifest per subset)")
+    _add_writer_options(lib)
+    lib.set_defaults(run=run_librispeech)
+
+    js = sub.add_parser("jsonl", help="NeMo-style JSONL: audio_filepath, text, [speaker, duration]")
+    js.add_argument("file")
+    js.add_argument("--out", required=True, help="output directory (gets OUT/SPLIT)")
+    js.add_argument("--split", help="split name (default: the file's stem)")
+    _add_writer_options(js)
+    js.set_defaults(run=run_jsonl)
+
     t = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on a manifest's text")
     t.add_argument("--manifest", required=True, help="manifest directory (e.g. D/train)")
     t.add_argument("--vocab-size", type=int, default=256)
@@ -66,6 +79,46 @@ def _make_synth(job: tuple, seed: int):
 
     split, index, text, voice = job
     return make_utterance(split, index, text, voice, seed)
+
+
+def _add_writer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+
+
+def run_librispeech(args: argparse.Namespace) -> int:
+    from common.corpora import importers
+
+    return _import("librispeech", lambda: importers.librispeech(args.dir), args)
+
+
+def run_jsonl(args: argparse.Namespace) -> int:
+    from common.corpora import importers
+
+    return _import("jsonl", lambda: importers.jsonl(args.file, args.split), args)
+
+
+def _import(name: str, list_sources, args: argparse.Namespace) -> int:
+    """List and check the corpus, then write one manifest per split."""
+    from common.corpora.importers import check_sources, load_source
+    from common.corpora.manifest import ManifestError
+    from common.corpora.writer import write_manifest
+
+    try:
+        sources = list_sources()
+        check_sources(sources)
+        for split in sorted({s.split for s in sources}):
+            began = time.perf_counter()
+            jobs = [s for s in sources if s.split == split]
+            index = write_manifest(Path(args.out) / split, jobs, load_source, args.shard_size,
+                                   args.workers, label=split)
+            print(f"{split}: {index['utterances']} utts, {index['hours']:.3f} h, "
+                  f"{index['speakers']} speakers, {index['skipped_shards']} shards already done, "
+                  f"{time.perf_counter() - began:.1f} s")
+    except ManifestError as exc:
+        print(f"seqkd prepare {name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 Jobs are cut into fixed shards up front, so shard k always holds the same utterances;
 a shard already on disk is complete (it was renamed into place) and is skipped on re-run.
+A new output directory is built as `.NAME.partial` and renamed when every shard is written,
+so a failed import leaves no directory that looks like a manifest (re-running resumes it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ def write_manifest(out_dir: str | Path, jobs: Sequence[Any], make: Callable[[Any
     """Run `make` on every job (in `workers` processes) and write shards of `shard_size`."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    out = Path(out_dir)
+    final = Path(out_dir)
+    # a new output appears only when complete; an existing one is resumed in place
+    out = final if final.exists() else final.parent / f".{final.name}.partial"
     out.mkdir(parents=True, exist_ok=True)
     shards = [list(jobs[i:i + shard_size]) for i in range(0, len(jobs), shard_size)]
     todo = [(k, s) for k, s in enumerate(shards) if not (out / shard_name(k)).exists()]
@@ -38,5 +42,7 @@ def write_manifest(out_dir: str | Path, jobs: Sequence[Any], make: Callable[[Any
             check_unique(r["utt_id"] for r in rows)
             write_shard(out / shard_name(k), rows)
     index = write_index(out)
+    if out != final:
+        out.rename(final)
     index["skipped_shards"] = len(shards) - len(todo)
     return index
