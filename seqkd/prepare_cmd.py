@@ -28,6 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_writer_options(lib)
     lib.set_defaults(run=run_librispeech)
 
+    kd = sub.add_parser("kaldi", help="a Kaldi data dir: wav.scp, text, utt2spk, [segments]")
+    kd.add_argument("dir")
+    kd.add_argument("--out", required=True, help="output directory (gets OUT/SPLIT)")
+    kd.add_argument("--split", help="split name (default: the data dir's name)")
+    kd.add_argument("--allow-pipes", action="store_true",
+                    help="run wav.scp `cmd |` entries with bash (only for data dirs you trust)")
+    _add_writer_options(kd)
+    kd.set_defaults(run=run_kaldi)
+
     js = sub.add_parser("jsonl", help="NeMo-style JSONL: audio_filepath, text, [speaker, duration]")
     js.add_argument("file")
     js.add_argument("--out", required=True, help="output directory (gets OUT/SPLIT)")
@@ -90,6 +99,12 @@ def run_librispeech(args: argparse.Namespace) -> int:
     from common.corpora import importers
 
     return _import("librispeech", lambda: importers.librispeech(args.dir), args)
+
+
+def run_kaldi(args: argparse.Namespace) -> int:
+    from common.corpora import importers
+
+    return _import("kaldi", lambda: importers.kaldi(args.dir, args.split, args.allow_pipes), args)
 
 
 def run_jsonl(args: argparse.Namespace) -> int:

@@ -91,3 +91,51 @@ def test_jsonl_bad_inputs_fail_cleanly_with_no_output(tmp_path, case, fragment):
     assert done.returncode == 2
     assert fragment in done.stderr and done.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out" / "train").exists()
+
+
+def _kaldi_dir(tmp_path: Path, pipe: bool) -> Path:
+    d = tmp_path / "dev"
+    d.mkdir()
+    sf.write(tmp_path / "rec1.wav", tone(2.0, 16000, 300), 16000)
+    sf.write(tmp_path / "rec2.flac", tone(1.0, 8000, 500), 8000)
+    rec2 = f"cat {tmp_path / 'rec2.flac'} |" if pipe else str(tmp_path / "rec2.flac")
+    (d / "wav.scp").write_text(f"rec1 {tmp_path / 'rec1.wav'}\nrec2 {rec2}\n")
+    (d / "segments").write_text("rec1-a rec1 0.0 0.5\nrec1-b rec1 0.5 1.75\nrec2-a rec2 0.25 1.0\n")
+    (d / "text").write_text("rec1-a first words\nrec1-b second words\nrec2-a third\n")
+    (d / "utt2spk").write_text("rec1-a spkA\nrec1-b spkA\nrec2-a spkB\n")
+    return d
+
+
+def test_kaldi_dir_with_segments_and_a_pipe(tmp_path):
+    d = _kaldi_dir(tmp_path, pipe=True)
+    refused = seqkd("prepare", "kaldi", str(d), "--out", str(tmp_path / "out"))
+    assert refused.returncode == 2 and "pass --allow-pipes" in refused.stderr
+    assert not (tmp_path / "out" / "dev").exists()
+    done = seqkd("prepare", "kaldi", str(d), "--out", str(tmp_path / "out"), "--allow-pipes")
+    assert done.returncode == 0, done.stderr
+    rows = {r["utt_id"]: r for r in iter_rows(tmp_path / "out" / "dev")}
+    assert {u: r["duration_s"] for u, r in rows.items()} == pytest.approx(
+        {"rec1-a": 0.5, "rec1-b": 1.25, "rec2-a": 0.75})
+    assert rows["rec2-a"]["speaker"] == "spkB" and rows["rec1-b"]["text"] == "second words"
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (lambda d: (d / "text").write_text("rec1-a first words\nrec1-b second words\n"), "missing transcript"),
+    (lambda d: (d / "wav.scp").write_text("rec1 /nonexistent/x.wav\nrec2 /nonexistent/y.wav\n"), "not found"),
+    (lambda d: (d / "segments").write_text("rec1-a rec9 0 1\n"), "recording rec9 is not in wav.scp"),
+    (lambda d: (d / "segments").write_text("rec1-a rec1 0 9\n"), "outside its 2.00 s recording"),
+    (lambda d: (d / "text").unlink(), "lacks text"),
+])
+def test_kaldi_bad_inputs(tmp_path, damage, fragment):
+    d = _kaldi_dir(tmp_path, pipe=False)
+    damage(d)
+    done = seqkd("prepare", "kaldi", str(d), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and fragment in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "dev").exists()
+
+
+def test_kaldi_failing_pipe_names_the_utterance(tmp_path):
+    d = _kaldi_dir(tmp_path, pipe=False)
+    (d / "wav.scp").write_text(f"rec1 {tmp_path / 'rec1.wav'}\nrec2 exit 3 |\n")
+    done = seqkd("prepare", "kaldi", str(d), "--out", str(tmp_path / "out"), "--allow-pipes")
+    assert done.returncode == 2 and "rec2-a: wav.scp command failed (exit 3)" in done.stderr
