@@ -65,12 +65,6 @@ def load_audio(source: str | Path | bytes, limits: AudioLimits = DEFAULT_LIMITS,
     return wave
 
 
-def probe_duration(source: str | Path | bytes) -> float:
-    """Duration in seconds of a decodable file, without resampling."""
-    samples, rate = _decode(_read_bytes(source))
-    return samples.shape[0] / rate if rate > 0 else 0.0
-
-
 def encode_flac(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> bytes:
     """16-bit mono FLAC bytes: the storage format of manifest shards."""
     buf = io.BytesIO()
@@ -177,6 +171,3 @@ def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
 
-
-def duration_s(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> float:
-    return wave.shape[-1] / sample_rate

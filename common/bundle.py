@@ -48,10 +48,6 @@ class Bundle:
     bundle_id: str
     path: Path | None = None
 
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.model.cfg
-
 
 def save_bundle(path: str | Path, model: Seq2Seq, tokenizer: Tokenizer, features: FeatureExtractor,
                 meta: dict[str, Any] | None = None) -> str:

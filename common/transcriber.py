@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,11 +32,10 @@ class Transcript:
     nbest: list[NBestEntry]
     duration_s: float
     rtf: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"text": self.text, "nbest": [n.as_dict() for n in self.nbest],
-                "duration_s": self.duration_s, "rtf": self.rtf, **self.extra}
+                "duration_s": self.duration_s, "rtf": self.rtf}
 
 
 class Transcriber:
