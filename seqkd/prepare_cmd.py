@@ -28,6 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_writer_options(lib)
     lib.set_defaults(run=run_librispeech)
 
+    w = sub.add_parser("wsj", help="WSJ0/WSJ1 LDC discs -> train_si84, train_si284, test_dev93, "
+                                   "test_eval92 (Kaldi's wsj_data_prep.sh)")
+    w.add_argument("--wsj0", required=True, help="folder holding the wsj0 discs (11-1.1, ...)")
+    w.add_argument("--wsj1", required=True, help="folder holding the wsj1 discs (13-1.1, ...)")
+    w.add_argument("--out", required=True)
+    w.add_argument("--sets", nargs="+", choices=["train_si84", "train_si284", "test_dev93",
+                                                 "test_eval92"], help="default: all four")
+    w.add_argument("--allow-missing", action="store_true",
+                   help="skip missing utterances/transcripts/discs with a warning and a count")
+    _add_writer_options(w)
+    w.set_defaults(run=run_wsj)
+
     kd = sub.add_parser("kaldi", help="a Kaldi data dir: wav.scp, text, utt2spk, [segments]")
     kd.add_argument("dir")
     kd.add_argument("--out", required=True, help="output directory (gets OUT/SPLIT)")
@@ -98,33 +110,55 @@ def _add_writer_options(p: argparse.ArgumentParser) -> None:
 def run_librispeech(args: argparse.Namespace) -> int:
     from common.corpora import importers
 
-    return _import("librispeech", lambda: importers.librispeech(args.dir), args)
+    return _import("librispeech", lambda: _by_split(importers.librispeech(args.dir)), args)
+
+
+def run_wsj(args: argparse.Namespace) -> int:
+    from common.corpora.wsj import wsj_sets
+
+    def list_sets():
+        sets, warnings = wsj_sets(args.wsj0, args.wsj1, args.allow_missing, args.sets)
+        for w in warnings[:20]:
+            print(f"warning: {w}", file=sys.stderr)
+        if warnings:
+            print(f"warning: {len(warnings)} utterances skipped (--allow-missing)", file=sys.stderr)
+        return sets
+
+    return _import("wsj", list_sets, args)
 
 
 def run_kaldi(args: argparse.Namespace) -> int:
     from common.corpora import importers
 
-    return _import("kaldi", lambda: importers.kaldi(args.dir, args.split, args.allow_pipes), args)
+    return _import("kaldi", lambda: _by_split(importers.kaldi(args.dir, args.split, args.allow_pipes)),
+                   args)
 
 
 def run_jsonl(args: argparse.Namespace) -> int:
     from common.corpora import importers
 
-    return _import("jsonl", lambda: importers.jsonl(args.file, args.split), args)
+    return _import("jsonl", lambda: _by_split(importers.jsonl(args.file, args.split)), args)
 
 
-def _import(name: str, list_sources, args: argparse.Namespace) -> int:
-    """List and check the corpus, then write one manifest per split."""
+def _by_split(sources: list) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for s in sources:
+        out.setdefault(s.split, []).append(s)
+    return out
+
+
+def _import(name: str, list_sets, args: argparse.Namespace) -> int:
+    """List and check every split of the corpus first, then write one manifest per split."""
     from common.corpora.importers import check_sources, load_source
     from common.corpora.manifest import ManifestError
     from common.corpora.writer import write_manifest
 
     try:
-        sources = list_sources()
-        check_sources(sources)
-        for split in sorted({s.split for s in sources}):
+        sets = list_sets()
+        for jobs in sets.values():
+            check_sources(jobs)
+        for split, jobs in sets.items():
             began = time.perf_counter()
-            jobs = [s for s in sources if s.split == split]
             index = write_manifest(Path(args.out) / split, jobs, load_source, args.shard_size,
                                    args.workers, label=split)
             print(f"{split}: {index['utterances']} utts, {index['hours']:.3f} h, "
