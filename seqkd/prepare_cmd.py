@@ -18,8 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--dev", type=int, default=200)
     s.add_argument("--test", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shard-size", type=int, default=1000)
-    s.add_argument("--workers", type=int, default=2)
+    _add_writer_options(s)
     s.set_defaults(run=run_synth)
 
     lib = sub.add_parser("librispeech", help="LibriSpeech/<subset>/<spk>/<chapter>/ with .trans.txt")
@@ -88,10 +87,7 @@ def run_synth(args: argparse.Namespace) -> int:
         except SynthError as exc:
             print(f"seqkd prepare synth: {exc}", file=sys.stderr)
             return 2
-        took = time.perf_counter() - began
-        print(f"{split}: {index['utterances']} utts, {index['hours'] * 60:.1f} min audio, "
-              f"{index['speakers']} speakers, {index['vocabulary']} words, "
-              f"{index['skipped_shards']} shards already done, {took:.1f} s")
+        _report(split, index, time.perf_counter() - began, args.stats)
     return 0
 
 
@@ -103,8 +99,16 @@ def _make_synth(job: tuple, seed: int):
 
 
 def _add_writer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shard-size", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--stats", action="store_true", help="print each split's index.json")
+
+
+def _report(split: str, index: dict, seconds: float, stats: bool) -> None:
+    print(f"{split}: {index['utterances']} utts, {index['hours']:.3f} h, {index['speakers']} speakers, "
+          f"{index['vocabulary']} words, {index['skipped_shards']} shards already done, {seconds:.1f} s")
+    if stats:
+        print(json.dumps({"split": split, **index}))
 
 
 def run_librispeech(args: argparse.Namespace) -> int:
@@ -161,9 +165,7 @@ def _import(name: str, list_sets, args: argparse.Namespace) -> int:
             began = time.perf_counter()
             index = write_manifest(Path(args.out) / split, jobs, load_source, args.shard_size,
                                    args.workers, label=split)
-            print(f"{split}: {index['utterances']} utts, {index['hours']:.3f} h, "
-                  f"{index['speakers']} speakers, {index['skipped_shards']} shards already done, "
-                  f"{time.perf_counter() - began:.1f} s")
+            _report(split, index, time.perf_counter() - began, args.stats)
     except ManifestError as exc:
         print(f"seqkd prepare {name}: {exc}", file=sys.stderr)
         return 2

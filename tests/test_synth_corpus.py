@@ -25,7 +25,7 @@ def seqkd(*args: str) -> subprocess.CompletedProcess:
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "D"
     done = seqkd("prepare", "synth", "--out", str(out), "--train", "24", "--dev", "6", "--test", "6",
-                 "--seed", "7", "--shard-size", "10")
+                 "--seed", "7", "--shard-size", "10", "--stats")
     assert done.returncode == 0, done.stderr
     return out, done.stdout
 
@@ -57,6 +57,16 @@ def test_shards_match_the_contract(corpus):
     assert not speakers["dev"] & speakers["test"]
     train_text = {r["text"] for r in iter_rows(out / "train", ["text"])}
     assert any(r["text"] not in train_text for r in iter_rows(out / "test", ["text"]))
+
+
+def test_stats_match_index(corpus):
+    out, stdout = corpus
+    printed = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [p["split"] for p in printed] == ["train", "dev", "test"]
+    for p in printed:
+        index = json.loads((out / p["split"] / "index.json").read_text())
+        assert {k: v for k, v in p.items() if k in index} == index
+        assert p["hours"] > 0 and p["vocabulary"] > 20
 
 
 def test_rerun_skips_finished_shards_and_is_deterministic(corpus, tmp_path):
