@@ -7,6 +7,7 @@ utterance, so the corpus is deterministic for a seed and not trivially clean.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import subprocess
@@ -51,11 +52,12 @@ def voices(seed: int) -> list[Voice]:
 
 
 def split_speakers(seed: int, counts: dict[str, int]) -> dict[str, list[Voice]]:
-    """Disjoint voice sets per split, about one voice per 4 utterances (at least 2)."""
+    """Disjoint voice sets per split: 4 utterances per voice, more when voices run short."""
     pool = voices(seed)
+    per_voice = max(4, math.ceil(sum(counts.values()) / (0.9 * len(pool))))
     out, start = {}, 0
     for split, n in counts.items():
-        k = max(2, min(n, (n + 3) // 4))
+        k = max(2, min(n, math.ceil(n / per_voice)))
         out[split] = pool[start:start + k]
         start += k
     if start > len(pool):
