@@ -6,11 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from seqkd import prepare_cmd, transcribe_cmd
+from seqkd import evaluate_cmd, prepare_cmd, train_cmd, transcribe_cmd
 
 PENDING = {
-    "train": ("train a teacher or baseline on ground truth with Ray Train", 5),
-    "evaluate": ("decode a manifest and score WER/CER, params and RTF", 5),
     "serve": ("serve a bundle over HTTP with Ray Serve + FastAPI", 6),
     "label": ("label a corpus with the teacher's N-best using Ray Data", 7),
     "distill": ("train a student by sequence-level knowledge distillation", 8),
@@ -24,9 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqkd", description="Sequence-level knowledge distillation for attention-based ASR.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
-        "prepare": ("write manifest shards (synthetic corpus now; WSJ, Kaldi, LibriSpeech, JSONL: "
-                    "issue #4) and train tokenizers", prepare_cmd.add_arguments),
+        "prepare": ("write manifest shards (synthetic corpus, WSJ, Kaldi, LibriSpeech, JSONL) "
+                    "and train tokenizers", prepare_cmd.add_arguments),
         "transcribe": ("decode audio files with a model bundle", transcribe_cmd.add_arguments),
+        "train": ("train a teacher or baseline on ground truth with Ray Train",
+                  train_cmd.add_arguments),
+        "evaluate": ("decode a manifest and score WER/CER, params and RTF",
+                     evaluate_cmd.add_arguments),
     }
     for name in ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill",
                  "report", "demo"]:

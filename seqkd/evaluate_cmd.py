@@ -1,0 +1,47 @@
+"""`seqkd evaluate BUNDLE --data D/test`: WER, CER, error counts, params and RTF."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seqkd.transcribe_cmd import add_beam_arguments, beam_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/)")
+    p.add_argument("--data", required=True, help="manifest directory to decode")
+    add_beam_arguments(p)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write hyps.jsonl and result.json here")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from common.bundle import BundleError
+    from common.config import ConfigError
+    from common.corpora.manifest import ManifestError
+    from trainer.evaluate import evaluate, write_evaluation
+
+    bundle = Path(args.bundle)
+    if (bundle / "bundle").is_dir():
+        bundle = bundle / "bundle"
+    try:
+        ev = evaluate(bundle, args.data, beam_config(args), args.device, args.batch_size,
+                      show_progress=sys.stderr.isatty())
+    except (BundleError, ConfigError, ManifestError, ValueError) as exc:
+        print(f"seqkd evaluate: {exc}", file=sys.stderr)
+        return 2
+    for line in ev.skipped:
+        print(f"seqkd evaluate: skipped {line}", file=sys.stderr)
+    r = ev.rates
+    print(f"{bundle}: WER {100 * r.wer:.2f}% ({r.substitutions} sub, {r.deletions} del, "
+          f"{r.insertions} ins / {r.words} words)  CER {100 * r.cer:.2f}%  "
+          f"params {ev.params:,}  RTF {ev.rtf:.4f}  ({ev.utterances} utts, {ev.audio_s:.1f} s audio)")
+    if args.out:
+        write_evaluation(ev, args.out)
+    return 0

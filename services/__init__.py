@@ -1,0 +1,1 @@
+"""Ray Serve teacher service and Ray Data labeling job."""

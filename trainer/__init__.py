@@ -1,0 +1,1 @@
+"""Ray Train training: ground-truth teachers and baselines, KD students, evaluation."""

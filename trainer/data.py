@@ -1,0 +1,154 @@
+"""The training data path: manifest shards -> Ray Dataset -> features on CPU -> length buckets.
+
+Decoding FLAC and computing filterbanks run as Ray Data `map_batches` tasks on the
+cluster's CPUs, streamed, so they overlap with the training step and a corpus is never
+held in memory whole. On the worker, a pool of utterances is sorted by length and cut into
+batches under a frame budget (longest x count <= max_frames): little padding, and a batch
+of short utterances holds more of them than a batch of long ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from common.audio import AudioError, AudioLimits, load_audio
+from common.features import CMVN, FeatureConfig, FeatureExtractor
+from common.text import remove_non_language
+from common.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+FEATURE_SCHEMA = pa.schema([
+    ("utt_id", pa.string()), ("text", pa.string()), ("feats", pa.binary()),
+    ("n_frames", pa.int32()), ("tokens", pa.list_(pa.int32())),
+])
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """Everything a preprocessing task needs, as plain data (cheap to ship to Ray tasks)."""
+
+    tokenizer_proto: bytes
+    features: FeatureConfig
+    cmvn_mean: tuple[float, ...]
+    cmvn_std: tuple[float, ...]
+    remove_non_language: bool = True
+    max_duration_s: float = 30.0
+
+    def extractor(self) -> FeatureExtractor:
+        return FeatureExtractor(self.features, CMVN(torch.tensor(self.cmvn_mean),
+                                                    torch.tensor(self.cmvn_std)))
+
+    def target_text(self, text: str) -> str:
+        return target_text(text, self.remove_non_language)
+
+
+def target_text(text: str, drop_non_language: bool) -> str:
+    """The transcript a model learns: whitespace-normalised, WSJ's noise symbols dropped."""
+    return remove_non_language(text) if drop_non_language else " ".join(text.split())
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(digest: str, proto: bytes) -> Tokenizer:
+    """One Tokenizer per process and model (keyed by digest: protos are large keys)."""
+    return Tokenizer(proto)
+
+
+def tokenizer_of(front: FrontEnd) -> Tokenizer:
+    return _tokenizer(hashlib.sha1(front.tokenizer_proto).hexdigest(), front.tokenizer_proto)
+
+
+def featurize(table: pa.Table, front: FrontEnd) -> pa.Table:
+    """Manifest rows -> (utt_id, normalised text, CMVN'd fbank bytes, n_frames, token ids).
+
+    Rows that cannot train (undecodable audio, too long, no transcript) are dropped with a
+    one-line warning each, so one bad utterance does not stop a run of many hours.
+    """
+    extractor, tok = front.extractor(), tokenizer_of(front)
+    limits = AudioLimits(max_duration_s=front.max_duration_s)
+    rows: dict[str, list] = {name: [] for name in FEATURE_SCHEMA.names}
+    for utt_id, audio, text in zip(table.column("utt_id").to_pylist(),
+                                   table.column("audio").to_pylist(),
+                                   table.column("text").to_pylist()):
+        target = front.target_text(text or "")
+        if not target:
+            log.warning("skipping %s: empty transcript", utt_id)
+            continue
+        try:
+            wave = load_audio(audio, limits, front.features.sample_rate)
+        except AudioError as exc:
+            log.warning("skipping %s: %s", utt_id, exc)
+            continue
+        feats = extractor(wave).numpy().astype(np.float32)
+        rows["utt_id"].append(utt_id)
+        rows["text"].append(target)
+        rows["feats"].append(feats.tobytes())
+        rows["n_frames"].append(feats.shape[0])
+        rows["tokens"].append(tok.encode(target))
+    return pa.Table.from_pydict(rows, schema=FEATURE_SCHEMA)
+
+
+def feature_dataset(paths: list[str], front: FrontEnd, concurrency: int | None = None):
+    """A streamed Ray Dataset of featurised utterances, in manifest order."""
+    import ray.data
+
+    ds = ray.data.read_parquet(paths, columns=["utt_id", "audio", "text"], file_extensions=["parquet"])
+    return ds.map_batches(featurize, fn_kwargs={"front": front}, batch_format="pyarrow",
+                          batch_size=32, concurrency=concurrency)
+
+
+@dataclass
+class Batch:
+    utt_ids: list[str]
+    texts: list[str]
+    feats: torch.Tensor            # (B, T, F)
+    lens: torch.Tensor             # (B,)
+    targets: list[list[int]]
+
+    @property
+    def frames(self) -> int:
+        return int(self.lens.sum())
+
+
+def collate(rows: pa.Table, n_mels: int) -> Batch:
+    frames = rows.column("n_frames").to_pylist()
+    feats = torch.zeros(len(frames), max(frames), n_mels)
+    for i, (blob, n) in enumerate(zip(rows.column("feats").to_pylist(), frames)):
+        feats[i, :n] = torch.frombuffer(bytearray(blob), dtype=torch.float32).view(n, n_mels)
+    return Batch(utt_ids=rows.column("utt_id").to_pylist(), texts=rows.column("text").to_pylist(),
+                 feats=feats, lens=torch.tensor(frames, dtype=torch.long),
+                 targets=rows.column("tokens").to_pylist())
+
+
+def frame_budget_batches(n_frames: list[int], max_frames: int) -> list[list[int]]:
+    """Indices sorted by length, cut so that (longest x count) <= max_frames (at least one each)."""
+    order = sorted(range(len(n_frames)), key=lambda i: n_frames[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and n_frames[i] * (len(current) + 1) > max_frames:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def bucketed(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
+             rng: random.Random) -> Iterator[Batch]:
+    """Each pool of utterances -> frame-budget batches in a seeded random order."""
+    for pool in pools:
+        batches = frame_budget_batches(pool.column("n_frames").to_pylist(), max_frames)
+        rng.shuffle(batches)
+        for idx in batches:
+            yield collate(pool.take(idx), n_mels)

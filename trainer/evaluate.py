@@ -1,0 +1,78 @@
+"""Decode a manifest with a bundle and score it: WER, CER, error counts, parameters, RTF.
+
+Scoring compares the beam search's 1-best against the transcript with WSJ's
+non-language symbols removed (as ESPnet scores WSJ); for other corpora that is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from common.audio import AudioError
+from common.beam_search import BeamConfig
+from common.corpora.manifest import iter_rows
+from common.metrics import ErrorRates, error_rates
+from common.transcriber import Transcriber
+from trainer.data import target_text
+
+
+@dataclass
+class Evaluation:
+    rates: ErrorRates
+    params: int
+    rtf: float
+    utterances: int
+    audio_s: float
+    decode_s: float
+    skipped: list[str]
+    hyps: list[dict]
+
+    def result(self) -> dict:
+        return {"wer": self.rates.wer, "cer": self.rates.cer, "params": self.params, "rtf": self.rtf,
+                "utterances": self.utterances, "audio_s": round(self.audio_s, 2),
+                "decode_s": round(self.decode_s, 2), "skipped": len(self.skipped),
+                **{k: v for k, v in self.rates.as_dict().items() if k not in ("wer", "cer")}}
+
+
+def evaluate(bundle: str | Path, data: str | Path, cfg: BeamConfig, device: str = "auto",
+             batch_size: int | None = None, show_progress: bool = True) -> Evaluation:
+    transcriber = Transcriber(bundle, device=device)
+    rows = list(iter_rows(data, ["utt_id", "audio", "text"]))
+    waves, kept, skipped = [], [], []
+    for row in rows:
+        try:
+            waves.append(transcriber.load(row["audio"]))
+            kept.append(row)
+        except AudioError as exc:
+            skipped.append(f"{row['utt_id']}: {exc}")
+    chunk = batch_size or 8 * 8
+    results = []
+    began = time.perf_counter()
+    columns = [TextColumn("[bold]decode"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
+               TimeRemainingColumn()]
+    with Progress(*columns, disable=not show_progress) as progress:
+        task = progress.add_task("decode", total=len(waves))
+        for i in range(0, len(waves), chunk):
+            results += transcriber.transcribe_waves(waves[i:i + chunk], cfg, batch_size)
+            progress.advance(task, len(waves[i:i + chunk]))
+    decode_s = time.perf_counter() - began
+    refs = [target_text(r["text"], True) for r in kept]
+    hyps = [target_text(t.text, True) for t in results]
+    audio_s = sum(w.numel() for w in waves) / transcriber.sample_rate
+    lines = [{"utt_id": r["utt_id"], "ref": ref, "hyp": hyp, "logp": t.nbest[0].logp}
+             for r, ref, hyp, t in zip(kept, refs, hyps, results)]
+    return Evaluation(rates=error_rates(refs, hyps), params=transcriber.bundle.model.num_params(),
+                      rtf=decode_s / max(audio_s, 1e-9), utterances=len(kept), audio_s=audio_s,
+                      decode_s=decode_s, skipped=skipped, hyps=lines)
+
+
+def write_evaluation(ev: Evaluation, out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hyps.jsonl").write_text("".join(json.dumps(h) + "\n" for h in ev.hyps))
+    (out / "result.json").write_text(json.dumps(ev.result(), indent=2))

@@ -1,0 +1,253 @@
+"""The per-worker training loop that Ray Train's TorchTrainer runs on every worker.
+
+One loop trains teachers and baselines on ground truth (and, through `Objective`, students
+on pseudo labels). It is deterministic for a seed: batches come in manifest order cut into
+seeded length buckets, and the RNG is reseeded every step, so a run resumed from a
+checkpoint continues the exact loss curve of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from common.beam_search import BeamConfig, beam_search
+from common.bundle import save_bundle
+from common.features import SpecAugment
+from common.metrics import error_rates
+from common.models import Seq2Seq
+from trainer.data import Batch, FrontEnd, bucketed, collate, tokenizer_of
+from trainer.recipe import Recipe, recipe_from_dict
+
+FAIL_ENV = "SEQKD_FAIL_AT_STEP"   # fault injection for tests: crash once after this step
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint as progress.json."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0         # batches of `epoch` already trained
+    best_dev_wer: float = math.inf
+    best_step: int = 0
+    history: list[dict] = field(default_factory=list)   # dev results per epoch
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up to 1 at `warmup`, then 1/sqrt decay (Vaswani et al.)."""
+    step = max(step, 1)
+    return min(step / warmup, math.sqrt(warmup / step))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    recipe: Recipe = recipe_from_dict(config["recipe"])
+    front: FrontEnd = config["front"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    opt_cfg = recipe.optim
+    device = ray.train.torch.get_device()
+    tokenizer = tokenizer_of(front)
+
+    model = Seq2Seq(recipe.model, recipe.features.n_mels, tokenizer.vocab_size)
+    progress = Progress()
+    best_state: dict[str, torch.Tensor] | None = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as ckpt:
+            model.load_state_dict(load_file(os.path.join(ckpt, "bundle", "model.safetensors")))
+            progress = Progress(**json.loads(Path(ckpt, "progress.json").read_text()))
+            train_state = torch.load(os.path.join(ckpt, "train_state.pt"), weights_only=True)
+            if Path(ckpt, "best", "model.safetensors").exists():
+                best_state = load_file(os.path.join(ckpt, "best", "model.safetensors"))
+    model = ray.train.torch.prepare_model(model)
+    core: Seq2Seq = getattr(model, "module", model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, opt_cfg.warmup_steps))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if restored is not None:
+        optimizer.load_state_dict(train_state["optimizer"])
+        schedule.load_state_dict(train_state["schedule"])
+        scaler.load_state_dict(train_state["scaler"])
+    augment = SpecAugment(recipe.specaugment).to(device)
+    augment.train(opt_cfg.specaugment)
+    objective = config.get("objective") or GroundTruth()
+
+    train_shard = ray.train.get_dataset_shard("train")
+    dev_shard = ray.train.get_dataset_shard("dev") if rank == 0 and config.get("has_dev") else None
+    fail_at = int(os.environ.get(FAIL_ENV, "0"))
+    fail_marker = Path(config["run_dir"], ".fault_injected")
+    max_steps = opt_cfg.max_steps or math.inf
+    window = _Window()
+
+    def checkpoint(metrics: dict, name: str) -> None:
+        _report(metrics, name, core, front, progress, best_state, optimizer, schedule, scaler,
+                rank, config)
+
+    stopped = False
+    while progress.epoch < opt_cfg.epochs and not stopped:
+        rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
+        pools = train_shard.iter_batches(batch_size=opt_cfg.bucket_utts, batch_format="pyarrow",
+                                         prefetch_batches=2)
+        batches = bucketed(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
+        for _ in range(progress.batch_in_epoch):   # resuming mid-epoch: skip what was trained
+            next(batches, None)
+        for batch in _in_step(batches, world, device):
+            model.train()
+            torch.manual_seed(opt_cfg.seed * 1_000_003 + progress.step * world + rank)
+            feats = augment(batch.feats.to(device), batch.lens.to(device))
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                losses = objective.loss(model, feats, batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            progress.step += 1
+            progress.batch_in_epoch += 1
+            window.add(batch, losses, float(grad_norm))
+            if fail_at and progress.step == fail_at and not fail_marker.exists():
+                fail_marker.write_text(str(progress.step))
+                os._exit(1)   # a worker dies without warning, as a preempted node would
+            stopped = progress.step >= max_steps
+            if progress.step % opt_cfg.log_every == 0 or stopped:
+                metrics = {"kind": "train", "step": progress.step, "epoch": progress.epoch,
+                           "lr": schedule.get_last_lr()[0], **window.flush(world, device)}
+                if progress.step % opt_cfg.checkpoint_every == 0 and not stopped:
+                    checkpoint(metrics, f"step-{progress.step:08d}")
+                else:
+                    ray.train.report(metrics)
+            if stopped:
+                break
+        if not stopped:
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+        dev = evaluate_dev(core, dev_shard, objective, front, opt_cfg.dev_beam, device) \
+            if dev_shard is not None else {}
+        if dev:
+            progress.history.append({"epoch": progress.epoch, "step": progress.step, **dev})
+            if dev["dev_wer"] < progress.best_dev_wer:
+                progress.best_dev_wer, progress.best_step = dev["dev_wer"], progress.step
+                best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **dev},
+                   f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
+    return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
+            "best_step": progress.best_step}
+
+
+class GroundTruth:
+    """Joint CTC-attention loss on the human transcript."""
+
+    def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        out = model(feats, batch.lens.to(feats.device), batch.targets)
+        return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(),
+                "acc": torch.tensor(out.acc)}
+
+
+def _in_step(batches, world: int, device: torch.device):
+    """Yield batches while every worker still has one, so DDP's collectives never hang."""
+    for batch in batches:
+        if world > 1 and not _all_have(True, device):
+            return
+        yield batch
+    if world > 1:
+        _all_have(False, device)
+
+
+def _all_have(have: bool, device: torch.device) -> bool:
+    flag = torch.tensor([1 if have else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class _Window:
+    """Sums over the steps since the last report: losses, utterances, frames, time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.began, self.steps, self.utts, self.frames = time.perf_counter(), 0, 0, 0
+        self.sums: dict[str, float] = {}
+
+    def add(self, batch: Batch, losses: dict[str, torch.Tensor], grad_norm: float) -> None:
+        self.steps += 1
+        self.utts += len(batch.utt_ids)
+        self.frames += batch.frames
+        for k, v in {**{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": grad_norm}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def flush(self, world: int, device: torch.device) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.began, 1e-9)
+        utts, frames = self.utts, self.frames
+        if world > 1:
+            t = torch.tensor([utts, frames], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            utts, frames = int(t[0]), int(t[1])
+        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out.update(utts_per_s=utts / elapsed, frames_per_s=frames / elapsed, utts=utts)
+        self.reset()
+        return out
+
+
+@torch.no_grad()
+def evaluate_dev(model: Seq2Seq, shard, objective, front: FrontEnd, beam: int,
+                 device: torch.device) -> dict[str, float]:
+    """Dev loss (teacher forcing) and WER/CER of a small beam search, on the whole dev set."""
+    model.eval()
+    tokenizer = tokenizer_of(front)
+    refs, hyps, loss_sum, n = [], [], 0.0, 0
+    for rows in shard.iter_batches(batch_size=16, batch_format="pyarrow"):
+        batch = collate(rows, front.features.n_mels)
+        feats, lens = batch.feats.to(device), batch.lens.to(device)
+        loss_sum += float(objective.loss(model, feats, batch)["loss"]) * len(batch.utt_ids)
+        n += len(batch.utt_ids)
+        enc, enc_lens = model.encode(feats, lens)
+        for nbest, ref in zip(beam_search(model, enc, enc_lens, BeamConfig(beam=beam)), batch.texts):
+            refs.append(ref)
+            hyps.append(tokenizer.decode(nbest[0].tokens))
+    if not n:
+        return {}
+    rates = error_rates(refs, hyps)
+    return {"dev_loss": loss_sum / n, "dev_wer": rates.wer, "dev_cer": rates.cer, "dev_utts": n}
+
+
+def _report(metrics: dict, name: str, model: Seq2Seq, front: FrontEnd, progress: Progress,
+            best_state: dict[str, torch.Tensor] | None, optimizer, schedule, scaler, rank: int,
+            config: dict) -> None:
+    """Report with a checkpoint: current bundle, best bundle, optimizer state, progress."""
+    if rank != 0:
+        ray.train.report(metrics)   # a collective: every worker reports, rank 0 checkpoints
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, features = tokenizer_of(front), front.extractor()
+        meta = {"recipe": config["recipe"].get("name", ""), "step": progress.step}
+        save_bundle(Path(tmp, "bundle"), model, tokenizer, features, meta)
+        if best_state is not None:
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best_state)
+            save_bundle(Path(tmp, "best"), model, tokenizer, features,
+                        {**meta, "step": progress.best_step, "dev_wer": progress.best_dev_wer})
+            model.load_state_dict(current)
+        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "scaler": scaler.state_dict()}, Path(tmp, "train_state.pt"))
+        Path(tmp, "progress.json").write_text(json.dumps(progress.__dict__))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=name)

@@ -1,0 +1,138 @@
+"""Training recipes: one YAML file = model + tokenizer + features + optimisation, checked on load.
+
+A recipe names everything that decides the result, so a run directory plus its recipe
+says exactly how a bundle was made. Command-line overrides (`--epochs`, `--max-steps`,
+`--num-workers`) go through the same validation as the file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from common.config import ConfigError, from_dict, load_yaml
+from common.features import FeatureConfig, SpecAugmentConfig
+from common.models import ModelConfig
+
+
+@dataclass
+class TokenizerRecipe:
+    model_type: Literal["unigram", "bpe", "char"] = "char"
+    vocab_size: int = 64
+
+    def validate(self) -> None:
+        if self.vocab_size < 4:
+            raise ValueError("vocab_size must be >= 4")
+
+
+@dataclass
+class OptimRecipe:
+    """AdamW with linear warm-up then inverse-square-root decay (the Transformer schedule)."""
+
+    epochs: int = 10
+    max_steps: int | None = None       # stop early after this many optimizer steps
+    lr: float = 1e-3                   # peak learning rate, reached at warmup_steps
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    max_frames: int = 20000            # per batch: (longest utterance in frames) x utterances
+    bucket_utts: int = 256             # utterances sorted together into length buckets
+    specaugment: bool = True
+    log_every: int = 10                # steps between metric reports
+    checkpoint_every: int = 500        # steps between mid-epoch checkpoints (and every epoch)
+    dev_beam: int = 1                  # beam for the per-epoch dev WER (1 = greedy)
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("epochs", "warmup_steps", "max_frames", "bucket_utts", "log_every",
+                     "checkpoint_every", "dev_beam"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError("lr must be a positive number")
+
+
+@dataclass
+class DataRecipe:
+    remove_non_language: bool = True   # drop <NOISE>, <*IN*>, <*MR.*> from targets (ESPnet WSJ)
+    cmvn_utts: int = 500               # training utterances the global CMVN is estimated from
+    max_duration_s: float = 30.0       # longer training utterances are skipped (and counted)
+
+    def validate(self) -> None:
+        if self.cmvn_utts < 1 or self.max_duration_s <= 0:
+            raise ValueError("cmvn_utts must be >= 1 and max_duration_s > 0")
+
+
+@dataclass
+class ScalingRecipe:
+    num_workers: int = 1
+    use_gpu: Literal["auto", True, False] = "auto"   # auto: GPUs when the cluster has them
+    max_failures: int = 0              # Ray Train restarts from the last checkpoint this often
+
+    def validate(self) -> None:
+        if self.num_workers < 1 or self.max_failures < 0:
+            raise ValueError("num_workers must be >= 1 and max_failures >= 0")
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig
+    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    optim: OptimRecipe = field(default_factory=OptimRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    scaling: ScalingRecipe = field(default_factory=ScalingRecipe)
+    name: str = ""
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["model"] = {"encoder": asdict(self.model.encoder), "decoder": asdict(self.model.decoder),
+                        "ctc_weight": self.model.ctc_weight,
+                        "label_smoothing": self.model.label_smoothing}
+        return out
+
+
+@dataclass
+class _RecipeShell:
+    model: dict
+    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    optim: OptimRecipe = field(default_factory=OptimRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    scaling: ScalingRecipe = field(default_factory=ScalingRecipe)
+    name: str = ""
+    description: str = ""
+
+
+def recipe_from_dict(data: Any, where: str = "") -> Recipe:
+    shell = from_dict(_RecipeShell, data, where)
+    model = ModelConfig.from_dict(shell.model, f"{where}.model" if where else "model")
+    fields = {k: getattr(shell, k) for k in ("tokenizer", "features", "specaugment", "optim",
+                                              "data", "scaling", "name", "description")}
+    return Recipe(model=model, **fields)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Recipe:
+    """Read a YAML recipe; `overrides` (section -> key -> value) are validated like the file."""
+    data = load_yaml(path)
+    for section, values in (overrides or {}).items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            current = data.get(section) or {}
+            if not isinstance(current, dict):
+                raise ConfigError(f"{path}: {section}: expected a mapping")
+            data[section] = {**current, **values}
+    try:
+        recipe = recipe_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not recipe.name:
+        recipe.name = Path(path).stem
+    return recipe

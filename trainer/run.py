@@ -1,0 +1,243 @@
+"""The driver of a training run: front end, Ray Train launch, progress, the final bundle.
+
+A run directory holds everything of one run:
+  recipe.yaml        the validated recipe, overrides applied
+  frontend/          tokenizer.model + cmvn.safetensors, fixed at the start (resume reuses them)
+  ray/train/         Ray Train's storage: checkpoints (bundle/, best/, optimizer state)
+  metrics.jsonl      one JSON object per report (train steps, dev evaluations)
+  bundle/            the final model: the best checkpoint by dev WER (or the last, without dev)
+Resuming is Ray Train's own restoration: the same storage path and run name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+import yaml
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from common.audio import load_audio
+from common.corpora.manifest import iter_rows, read_table, shard_paths
+from common.features import CMVN, CMVNAccumulator, FeatureExtractor
+from common.tokenizer import Tokenizer
+from trainer.data import FrontEnd, feature_dataset, target_text
+from trainer.recipe import Recipe, recipe_from_dict
+
+RUN_NAME = "train"
+
+
+class RunError(ValueError):
+    """A run that cannot start or finish: the message says what to do."""
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def frontend(self) -> Path:
+        return self.root / "frontend"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    def started(self) -> bool:
+        return (self.storage / RUN_NAME).exists()
+
+
+class MetricsLog(UserCallback):
+    """Appends every report to metrics.jsonl (runs in the Train controller, on the head node)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"time": time.time(), **metrics[0]}) + "\n")
+
+
+def make_front_end(recipe: Recipe, train_dir: Path, paths: RunPaths,
+                   tokenizer: Tokenizer | None = None) -> FrontEnd:
+    """Tokenizer and CMVN of a run, made once and stored so that a resumed run uses the same."""
+    tok_path, cmvn_path = paths.frontend / "tokenizer.model", paths.frontend / "cmvn.safetensors"
+    if tok_path.exists() and cmvn_path.exists():
+        return _front(recipe, Tokenizer.load(tok_path), CMVN.load(cmvn_path))
+    texts = [r["text"] for r in iter_rows(train_dir, ["text"])]
+    if tokenizer is None:
+        drop = recipe.data.remove_non_language
+        tokenizer = Tokenizer.train([target_text(t, drop) for t in texts], recipe.tokenizer.vocab_size,
+                                    recipe.tokenizer.model_type)
+    cmvn = estimate_cmvn(train_dir, recipe)
+    paths.frontend.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(tok_path)
+    cmvn.save(cmvn_path)
+    return _front(recipe, tokenizer, cmvn)
+
+
+def _front(recipe: Recipe, tokenizer: Tokenizer, cmvn: CMVN) -> FrontEnd:
+    return FrontEnd(tokenizer.proto, recipe.features, tuple(cmvn.mean.tolist()),
+                    tuple(cmvn.std.tolist()), recipe.data.remove_non_language,
+                    recipe.data.max_duration_s)
+
+
+def estimate_cmvn(train_dir: Path, recipe: Recipe) -> CMVN:
+    """Global mean/std over the first `cmvn_utts` training utterances (spread over the shards)."""
+    extractor = FeatureExtractor(recipe.features)
+    stats = CMVNAccumulator(recipe.features.n_mels)
+    shards = shard_paths(train_dir)
+    per_shard = max(1, recipe.data.cmvn_utts // len(shards))
+    for shard in shards:
+        for audio in pq.read_table(shard, columns=["audio"]).column("audio").to_pylist()[:per_shard]:
+            stats.add(extractor.raw(load_audio(audio, sample_rate=recipe.features.sample_rate)))
+    return stats.result()
+
+
+def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out: str | Path,
+          resume: bool = False, objective: Any = None, tokenizer: Tokenizer | None = None,
+          extra_meta: dict | None = None) -> dict[str, Any]:
+    """Train with Ray Train on the cluster `ray.init` connected to; return the run summary."""
+    paths = RunPaths(Path(out).resolve())
+    train_dir = Path(train_dir)
+    if paths.started() and not resume:
+        raise RunError(f"{paths.root} already holds a training run: pass --resume to continue it, "
+                       f"or choose a new --out")
+    if resume and not paths.started():
+        raise RunError(f"nothing to resume in {paths.root}: no training run was started there")
+    if resume:
+        saved = recipe_from_dict(yaml.safe_load((paths.root / "recipe.yaml").read_text()))
+        if saved.model != recipe.model or saved.features != recipe.features:
+            raise RunError(f"{paths.root}: the recipe's model or features differ from the run "
+                           f"being resumed")
+    shard_paths(train_dir)   # fail now, with the path, if there is no data
+    paths.root.mkdir(parents=True, exist_ok=True)
+    (paths.root / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    front = make_front_end(recipe, train_dir, paths, tokenizer)
+
+    datasets = {"train": feature_dataset([str(p) for p in shard_paths(train_dir)], front)}
+    if dev_dir is not None:
+        datasets["dev"] = feature_dataset([str(p) for p in shard_paths(dev_dir)], front)
+    use_gpu = recipe.scaling.use_gpu
+    if use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    exec_opts = ray.data.ExecutionOptions(preserve_order=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker=_loop,
+        train_loop_config={"recipe": recipe.to_dict(), "front": front, "has_dev": dev_dir is not None,
+                           "run_dir": str(paths.root), "objective": objective},
+        scaling_config=ScalingConfig(num_workers=recipe.scaling.num_workers, use_gpu=bool(use_gpu)),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=str(paths.storage),
+            failure_config=FailureConfig(max_failures=recipe.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=3),
+            callbacks=[MetricsLog(paths.metrics)]),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts),
+    )
+    began = time.perf_counter()
+    with ProgressDisplay(paths.metrics, estimate_steps(recipe, train_dir)):
+        result = trainer.fit()
+    seconds = time.perf_counter() - began
+    if result.checkpoint is None:
+        raise RunError(f"training reported no checkpoint; see {paths.metrics}")
+    summary = {**(result.return_value or {}), "train_seconds": round(seconds, 1),
+               "recipe": recipe.name, "train_data": str(train_dir), "dev_data": str(dev_dir or "")}
+    with result.checkpoint.as_directory() as ckpt:
+        best = Path(ckpt, "best")
+        source = best if best.is_dir() else Path(ckpt, "bundle")
+        install_bundle(source, paths.bundle, {**summary, **(extra_meta or {})})
+    summary["bundle"] = str(paths.bundle)
+    return summary
+
+
+def _loop(config: dict) -> dict:
+    from trainer.loop import train_loop_per_worker
+
+    return train_loop_per_worker(config)
+
+
+def install_bundle(source: Path, dest: Path, meta: dict) -> None:
+    """Copy a checkpoint's bundle into place (temp + rename) with the run's facts in meta.json."""
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    merged = {**json.loads((tmp / "meta.json").read_text()), **meta}
+    (tmp / "meta.json").write_text(json.dumps(merged, indent=2, sort_keys=True, default=str))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def estimate_steps(recipe: Recipe, train_dir: Path) -> int:
+    """Optimizer steps the run will take, from the audio's total frames and the frame budget."""
+    if recipe.optim.max_steps:
+        return recipe.optim.max_steps
+    seconds = sum(read_table(train_dir, ["duration_s"]).column("duration_s").to_pylist())
+    frames = seconds * 1000 / recipe.features.frame_shift_ms
+    per_epoch = max(1, int(frames / (0.8 * recipe.optim.max_frames)))   # ~80% of the budget is used
+    return per_epoch * recipe.optim.epochs
+
+
+class ProgressDisplay:
+    """A rich progress bar on the driver, fed by metrics.jsonl while `fit()` blocks."""
+
+    def __init__(self, metrics: Path, total: int) -> None:
+        self.metrics, self.total = metrics, total
+        self.stop = threading.Event()
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+
+    def __enter__(self) -> "ProgressDisplay":
+        self.offset = self.metrics.stat().st_size if self.metrics.exists() else 0
+        self.task = self.progress.add_task("steps", total=self.total, info="starting Ray Train")
+        self.progress.start()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._poll()
+        self.progress.stop()
+
+    def _follow(self) -> None:
+        while not self.stop.wait(1.0):
+            self._poll()
+
+    def _poll(self) -> None:
+        if not self.metrics.exists():
+            return
+        with open(self.metrics) as fh:
+            fh.seek(self.offset)
+            lines = fh.readlines()
+            self.offset = fh.tell()
+        for line in lines:
+            m = json.loads(line)
+            if m.get("kind") == "train":
+                info = (f"epoch {m['epoch']} loss {m['loss']:.3f} {m['utts_per_s']:.1f} utts/s "
+                        f"{m['frames_per_s']:.0f} frames/s")
+            elif "dev_wer" in m:
+                info = f"epoch {m['epoch']} dev WER {100 * m['dev_wer']:.2f}% loss {m['dev_loss']:.3f}"
+                self.progress.console.print(f"step {m['step']}: {info}")
+            else:
+                continue
+            self.total = max(self.total, m["step"])
+            self.progress.update(self.task, completed=m["step"], total=self.total, info=info)
