@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,30 @@ def tiny_bundle(speech_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("bundle") / "tiny"
     save_bundle(path, model, tokenizer, features, {"train": "4 espeak utterances"})
     return path, losses
+
+
+def seqkd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The command line as a real subprocess."""
+    return subprocess.run([sys.executable, "-m", "seqkd.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> tuple[Path, str]:
+    """A small built-in corpus (24/6/6 utterances, shards of 10), shared by every test."""
+    out = tmp_path_factory.mktemp("synth") / "D"
+    done = seqkd("prepare", "synth", "--out", str(out), "--train", "24", "--dev", "6", "--test", "6",
+                 "--seed", "7", "--shard-size", "10", "--stats")
+    assert done.returncode == 0, done.stderr
+    return out, done.stdout
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process Ray for every Ray test: 2 CPUs, no dashboard, a modest object store."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()

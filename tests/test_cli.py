@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from common.beam_search import BeamConfig
 from common.transcriber import Transcriber
-from tests.conftest import SENTENCES
+from tests.conftest import SENTENCES, seqkd
 
 COMMANDS = ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill", "report", "demo"]
-
-
-def seqkd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqkd.cli", *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_help_lists_all_nine_commands():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import io
 
@@ -14,20 +12,12 @@ import soundfile as sf
 
 from common.corpora.manifest import SCHEMA, iter_rows, shard_paths
 from common.tokenizer import Tokenizer
-
-
-def seqkd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqkd.cli", *args], capture_output=True,
-                          text=True, timeout=600)
+from tests.conftest import seqkd
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "D"
-    done = seqkd("prepare", "synth", "--out", str(out), "--train", "24", "--dev", "6", "--test", "6",
-                 "--seed", "7", "--shard-size", "10", "--stats")
-    assert done.returncode == 0, done.stderr
-    return out, done.stdout
+def corpus(synth_corpus):
+    return synth_corpus
 
 
 def test_shards_match_the_contract(corpus):

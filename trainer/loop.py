@@ -62,6 +62,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     tokenizer = tokenizer_of(front)
 
+    torch.manual_seed(opt_cfg.seed)   # the same initial weights on every worker and every run
     model = Seq2Seq(recipe.model, recipe.features.n_mels, tokenizer.vocab_size)
     progress = Progress()
     best_state: dict[str, torch.Tensor] | None = None
@@ -89,7 +90,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     objective = config.get("objective") or GroundTruth()
 
     train_shard = ray.train.get_dataset_shard("train")
-    dev_shard = ray.train.get_dataset_shard("dev") if rank == 0 and config.get("has_dev") else None
+    dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
+        else None
     fail_at = int(os.environ.get(FAIL_ENV, "0"))
     fail_marker = Path(config["run_dir"], ".fault_injected")
     max_steps = opt_cfg.max_steps or math.inf
@@ -139,14 +141,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if not stopped:
             progress.epoch += 1
             progress.batch_in_epoch = 0
-        dev = evaluate_dev(core, dev_shard, objective, front, opt_cfg.dev_beam, device) \
-            if dev_shard is not None else {}
-        if dev:
-            progress.history.append({"epoch": progress.epoch, "step": progress.step, **dev})
-            if dev["dev_wer"] < progress.best_dev_wer:
-                progress.best_dev_wer, progress.best_step = dev["dev_wer"], progress.step
+        scores = dev.evaluate(core, objective, opt_cfg.dev_beam, device) if dev is not None else {}
+        if scores:
+            progress.history.append({"epoch": progress.epoch, "step": progress.step, **scores})
+            if scores["dev_wer"] < progress.best_dev_wer:
+                progress.best_dev_wer, progress.best_step = scores["dev_wer"], progress.step
                 best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
-        checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **dev},
+        checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **scores},
                    f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
             "best_step": progress.best_step}
@@ -157,7 +158,9 @@ class GroundTruth:
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         out = model(feats, batch.lens.to(feats.device), batch.targets)
+        tokens = sum(len(t) + 1 for t in batch.targets)   # + </s>
         return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(),
+                "att_per_token": out.att.detach() * len(batch.targets) / tokens,
                 "acc": torch.tensor(out.acc)}
 
 
@@ -207,26 +210,34 @@ class _Window:
         return out
 
 
-@torch.no_grad()
-def evaluate_dev(model: Seq2Seq, shard, objective, front: FrontEnd, beam: int,
-                 device: torch.device) -> dict[str, float]:
-    """Dev loss (teacher forcing) and WER/CER of a small beam search, on the whole dev set."""
-    model.eval()
-    tokenizer = tokenizer_of(front)
-    refs, hyps, loss_sum, n = [], [], 0.0, 0
-    for rows in shard.iter_batches(batch_size=16, batch_format="pyarrow"):
-        batch = collate(rows, front.features.n_mels)
-        feats, lens = batch.feats.to(device), batch.lens.to(device)
-        loss_sum += float(objective.loss(model, feats, batch)["loss"]) * len(batch.utt_ids)
-        n += len(batch.utt_ids)
-        enc, enc_lens = model.encode(feats, lens)
-        for nbest, ref in zip(beam_search(model, enc, enc_lens, BeamConfig(beam=beam)), batch.texts):
-            refs.append(ref)
-            hyps.append(tokenizer.decode(nbest[0].tokens))
-    if not n:
-        return {}
-    rates = error_rates(refs, hyps)
-    return {"dev_loss": loss_sum / n, "dev_wer": rates.wer, "dev_cer": rates.cer, "dev_utts": n}
+class DevSet:
+    """The dev set, featurised once and kept on the worker: it is small and read every epoch."""
+
+    def __init__(self, shard, front: FrontEnd) -> None:
+        self.shard, self.front = shard, front
+        self.batches: list[Batch] | None = None
+
+    @torch.no_grad()
+    def evaluate(self, model: Seq2Seq, objective, beam: int, device: torch.device) -> dict[str, float]:
+        """Dev loss (teacher forcing) and WER/CER of a small beam search, on the whole dev set."""
+        if self.batches is None:
+            self.batches = [collate(rows, self.front.features.n_mels)
+                            for rows in self.shard.iter_batches(batch_size=16, batch_format="pyarrow")]
+        model.eval()
+        tokenizer = tokenizer_of(self.front)
+        refs, hyps, loss_sum, n = [], [], 0.0, 0
+        for batch in self.batches:
+            feats, lens = batch.feats.to(device), batch.lens.to(device)
+            loss_sum += float(objective.loss(model, feats, batch)["loss"]) * len(batch.utt_ids)
+            n += len(batch.utt_ids)
+            enc, enc_lens = model.encode(feats, lens)
+            for nbest, ref in zip(beam_search(model, enc, enc_lens, BeamConfig(beam=beam)), batch.texts):
+                refs.append(ref)
+                hyps.append(tokenizer.decode(nbest[0].tokens))
+        if not n:
+            return {}
+        rates = error_rates(refs, hyps)
+        return {"dev_loss": loss_sum / n, "dev_wer": rates.wer, "dev_cer": rates.cer, "dev_utts": n}
 
 
 def _report(metrics: dict, name: str, model: Seq2Seq, front: FrontEnd, progress: Progress,

@@ -12,6 +12,7 @@ Resuming is Ray Train's own restoration: the same storage path and run name.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -31,6 +32,7 @@ from common.corpora.manifest import iter_rows, read_table, shard_paths
 from common.features import CMVN, CMVNAccumulator, FeatureExtractor
 from common.tokenizer import Tokenizer
 from trainer.data import FrontEnd, feature_dataset, target_text
+from trainer.loop import FAIL_ENV, train_loop_per_worker
 from trainer.recipe import Recipe, recipe_from_dict
 
 RUN_NAME = "train"
@@ -140,7 +142,7 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     exec_opts = ray.data.ExecutionOptions(preserve_order=True)
     trainer = TorchTrainer(
-        train_loop_per_worker=_loop,
+        train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"recipe": recipe.to_dict(), "front": front, "has_dev": dev_dir is not None,
                            "run_dir": str(paths.root), "objective": objective},
         scaling_config=ScalingConfig(num_workers=recipe.scaling.num_workers, use_gpu=bool(use_gpu)),
@@ -148,7 +150,8 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
             name=RUN_NAME, storage_path=str(paths.storage),
             failure_config=FailureConfig(max_failures=recipe.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
-            callbacks=[MetricsLog(paths.metrics)]),
+            callbacks=[MetricsLog(paths.metrics)],
+            worker_runtime_env=_fault_injection_env()),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts),
     )
@@ -168,10 +171,10 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
     return summary
 
 
-def _loop(config: dict) -> dict:
-    from trainer.loop import train_loop_per_worker
-
-    return train_loop_per_worker(config)
+def _fault_injection_env() -> dict:
+    """Pass the test-only fault switch on to the workers when the driver has it set."""
+    value = os.environ.get(FAIL_ENV)
+    return {"env_vars": {FAIL_ENV: value}} if value else {}
 
 
 def install_bundle(source: Path, dest: Path, meta: dict) -> None:

@@ -1,0 +1,192 @@
+"""Ray Train training on real espeak-ng audio: learning, checkpoints, resume, a killed worker."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.bundle import load_bundle
+from common.config import ConfigError
+from common.models import Seq2Seq
+from seqkd.cli import main
+from trainer.data import frame_budget_batches
+from trainer.loop import FAIL_ENV, lr_factor
+from trainer.recipe import load_recipe
+from trainer.run import RunError, train
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "encoder": {"type": "pblstm", "hidden": 48, "layers": 2, "subsample": [2, 2], "proj": 48},
+        "decoder": {"type": "lstm", "embed": 24, "hidden": 48, "att_dim": 48,
+                    "att_conv_channels": 4, "att_conv_kernel": 7, "dropout": 0.1},
+        "ctc_weight": 0.3, "label_smoothing": 0.1,
+    },
+    "tokenizer": {"model_type": "char", "vocab_size": 40},
+    "optim": {"epochs": 100, "max_steps": 16, "lr": 0.003, "warmup_steps": 20, "max_frames": 3000,
+              "bucket_utts": 12, "log_every": 1, "checkpoint_every": 4},
+}
+
+
+def write_recipe(tmp_path: Path, **optim) -> Path:
+    data = json.loads(json.dumps(TINY))
+    data["optim"].update(optim)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        if m["kind"] == "train":
+            assert m["step"] not in out, f"step {m['step']} reported twice"
+            out[m["step"]] = m["loss"]
+    return out
+
+
+# -- recipes -----------------------------------------------------------------------------------
+
+def test_unknown_key_wrong_type_and_bad_override_are_named(tmp_path):
+    bad = json.loads(json.dumps(TINY))
+    bad["optim"]["learning_rate"] = 0.1
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown key"):
+        load_recipe(tmp_path / "a.yaml")
+    bad = json.loads(json.dumps(TINY))
+    bad["model"]["encoder"]["hidden"] = "big"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"model\.encoder\.hidden: expected an integer"):
+        load_recipe(tmp_path / "b.yaml")
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        load_recipe(write_recipe(tmp_path), {"optim": {"max_steps": 0}})
+    assert load_recipe(write_recipe(tmp_path), {"optim": {"epochs": 3}}).optim.epochs == 3
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*teacher*.yaml")) + sorted(CONF.glob("*student*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_recipe_builds_the_documented_size(path):
+    """Each recipe's header states its parameter count; the model must have exactly that."""
+    recipe = load_recipe(path)
+    model = Seq2Seq(recipe.model, recipe.features.n_mels, recipe.tokenizer.vocab_size)
+    stated = re.search(r"^# .*?([\d,.]+)([Mk]?) parameters", path.read_text(), re.M)
+    assert stated, f"{path.name} does not state its parameter count"
+    number, unit = float(stated.group(1).replace(",", "")), stated.group(2)
+    scale = {"M": 1e6, "k": 1e3, "": 1}[unit]
+    assert abs(model.num_params() - number * scale) <= 0.005 * number * scale + 0.5, model.num_params()
+
+
+def test_demo_students_reach_10x_compression():
+    sizes = {}
+    for name in ("teacher", "student_large", "student_medium", "student_small"):
+        r = load_recipe(CONF / f"{name}.yaml")
+        sizes[name] = Seq2Seq(r.model, r.features.n_mels, r.tokenizer.vocab_size).num_params()
+    assert sizes["teacher"] > sizes["student_large"] > sizes["student_medium"] > sizes["student_small"]
+    assert sizes["teacher"] / sizes["student_small"] >= 10
+
+
+# -- batching and schedule ---------------------------------------------------------------------
+
+def test_frame_budget_batches_cover_everything_once_within_budget():
+    lengths = [120, 800, 30, 450, 451, 5000, 60, 60, 700]
+    batches = frame_budget_batches(lengths, 1000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 1000
+    assert [5] in batches   # longer than the budget: alone, not dropped
+
+
+def test_warmup_then_inverse_sqrt():
+    assert lr_factor(1, 10) == pytest.approx(0.1)
+    assert lr_factor(10, 10) == pytest.approx(1.0)
+    assert lr_factor(40, 10) == pytest.approx(0.5)
+
+
+# -- real Ray Train ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_run(ray_local, synth_corpus, tmp_path_factory):
+    """16 uninterrupted steps: the curve that resumed and restarted runs must reproduce."""
+    data, _ = synth_corpus
+    tmp = tmp_path_factory.mktemp("ref")
+    summary = train(load_recipe(write_recipe(tmp)), data / "train", data / "dev", tmp / "run")
+    return tmp / "run", summary
+
+
+@pytest.mark.slow
+def test_training_learns_on_real_speech(reference_run):
+    run, summary = reference_run
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = {m["step"]: m for m in metrics if m["kind"] == "train"}
+    assert sorted(steps) == list(range(1, 17))
+    # token accuracy of the attention decoder (teacher forcing) and the loss, early vs late
+    acc = [sum(steps[s]["acc"] for s in group) / 3 for group in ((1, 2, 3), (14, 15, 16))]
+    loss = [sum(steps[s]["att_per_token"] for s in group) / 3 for group in ((1, 2, 3), (14, 15, 16))]
+    assert acc[1] > 2 * acc[0] and acc[1] > 0.1, acc
+    assert loss[1] < 0.95 * loss[0], loss
+    assert summary["steps"] == 16 and summary["epochs"] >= 2
+    bundle = load_bundle(run / "bundle")
+    assert bundle.meta["params"] == bundle.model.num_params()
+    assert bundle.meta["recipe"] == "tiny" and bundle.meta["steps"] == 16
+    dev = [m for m in metrics if "dev_wer" in m]
+    assert len(dev) == summary["epochs"] + 1 and all(d["dev_utts"] == 6 for d in dev)
+    assert bundle.meta["dev_wer"] == min(d["dev_wer"] for d in dev)   # the best bundle is kept
+
+
+@pytest.mark.slow
+def test_cli_resume_continues_the_same_curve_and_evaluate_scores(reference_run, synth_corpus, tmp_path,
+                                                                capsys):
+    data, _ = synth_corpus
+    ref = train_losses(reference_run[0])
+    recipe, run = write_recipe(tmp_path), tmp_path / "run"
+    args = ["train", "--config", str(recipe), "--train", str(data / "train"), "--dev",
+            str(data / "dev"), "--out", str(run)]
+    assert main([*args, "--max-steps", "4"]) == 0
+    assert sorted(train_losses(run)) == [1, 2, 3, 4]
+    assert main([*args, "--max-steps", "8"]) == 2   # refuses to overwrite a run without --resume
+    assert "already holds a training run" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "8", "--resume"]) == 0
+    resumed = train_losses(run)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-3), step
+
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(data / "test"), "--beam", "2",
+                 "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"WER \d+\.\d\d% .* CER \d+\.\d\d% +params [\d,]+ +RTF \d", printed), printed
+    result = json.loads((tmp_path / "eval" / "result.json").read_text())
+    assert {"wer", "cer", "params", "rtf"} <= result.keys() and result["utterances"] == 6
+    hyps = (tmp_path / "eval" / "hyps.jsonl").read_text().splitlines()
+    assert len(hyps) == 6 and all(json.loads(h)["ref"] for h in hyps)
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_from_its_checkpoint(reference_run, synth_corpus, tmp_path, monkeypatch):
+    """The worker dies at step 6 (after the step-4 checkpoint); Ray Train restarts it."""
+    data, _ = synth_corpus
+    ref = train_losses(reference_run[0])
+    monkeypatch.setenv(FAIL_ENV, "6")
+    recipe = load_recipe(write_recipe(tmp_path, max_steps=8), {"scaling": {"max_failures": 1}})
+    summary = train(recipe, data / "train", None, tmp_path / "run")
+    assert (tmp_path / "run" / ".fault_injected").read_text() == "6"
+    losses = train_losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 9)) and summary["steps"] == 8
+    for step in range(1, 9):
+        assert losses[step] == pytest.approx(ref[step], rel=1e-3), step
+
+
+def test_resume_without_a_run_and_missing_data_are_clear(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path))
+    with pytest.raises(RunError, match="nothing to resume"):
+        train(recipe, tmp_path, None, tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match="no manifest shards"):
+        train(recipe, tmp_path / "nowhere", None, tmp_path / "run2")
