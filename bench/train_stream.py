@@ -1,0 +1,107 @@
+"""Ray Train streaming from a Ray Dataset vs a plain in-memory loop: is the trainer ever starved?
+
+    python bench/train_stream.py --data D/train [--config conf/student_medium.yaml]
+                                 [--steps 60 --skip 10 --max-frames 8000] [--json out.json]
+
+Same recipe, same model initialisation, same batches in the same order, one torch thread each:
+  in-memory   every utterance featurised up front into tensors, then a bare PyTorch loop
+  ray-train   `trainer.run.train`: Ray Data decodes FLAC and computes features in tasks
+              while the Ray Train worker trains on what streams in
+Step time is measured over steps skip+1..steps (after start-up), from the Train reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from common.corpora.manifest import read_table
+from common.features import SpecAugment
+from common.models import Seq2Seq
+from trainer.data import bucketed, featurize, tokenizer_of
+from trainer.loop import GroundTruth, lr_factor
+from trainer.recipe import load_recipe
+from trainer.run import RunPaths, make_front_end, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="training manifest directory")
+    ap.add_argument("--config", default="conf/student_medium.yaml")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--skip", type=int, default=10, help="start-up steps left out of the timing")
+    ap.add_argument("--max-frames", type=int, default=8000)
+    ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    overrides = {"optim": {"max_steps": args.steps, "epochs": 1, "log_every": args.skip,
+                           "checkpoint_every": 10 * args.steps, "max_frames": args.max_frames}}
+    recipe = load_recipe(args.config, overrides)
+    torch.set_num_threads(1)   # a Ray Train worker gets one CPU, so one thread
+
+    with tempfile.TemporaryDirectory() as tmp:
+        front = make_front_end(recipe, Path(args.data), RunPaths(Path(tmp, "plain")))
+        plain_s = plain_loop(recipe, front, Path(args.data), args.steps, args.skip)
+
+        import ray
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        run = Path(tmp, "ray")
+        train(recipe, args.data, None, run)
+        ray.shutdown()
+        reports = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        times = {m["step"]: m["time"] for m in reports if m["kind"] == "train"}
+        stream_s = (times[args.steps] - times[args.skip]) / (args.steps - args.skip)
+
+    params = Seq2Seq(recipe.model, recipe.features.n_mels, 40).num_params()
+    result = {"config": args.config, "params": params, "steps": args.steps, "skip": args.skip,
+              "max_frames": args.max_frames, "num_cpus": args.num_cpus,
+              "step_s": {"in_memory": round(plain_s, 4), "ray_train_streaming": round(stream_s, 4)},
+              "ratio": round(stream_s / plain_s, 3)}
+    table = Table(title=f"training step time, {recipe.name} ({params / 1e6:.2f}M params), "
+                        f"steps {args.skip + 1}-{args.steps}, max_frames {args.max_frames}")
+    for col in ["loop", "s/step", "vs in-memory"]:
+        table.add_column(col, justify="right")
+    table.add_row("in-memory tensors", f"{plain_s:.3f}", "1.00x")
+    table.add_row("Ray Train + Ray Data streaming", f"{stream_s:.3f}", f"{stream_s / plain_s:.2f}x")
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def plain_loop(recipe, front, data: Path, steps: int, skip: int) -> float:
+    """The same steps as the Ray Train loop, over batches featurised before the clock starts."""
+    table = featurize(read_table(data, ["utt_id", "audio", "text"]), front)
+    opt = recipe.optim
+    pools = [table.slice(i, opt.bucket_utts) for i in range(0, table.num_rows, opt.bucket_utts)]
+    batches = list(bucketed(pools, opt.max_frames, recipe.features.n_mels,
+                            random.Random(f"{opt.seed}:0:0")))[:steps]
+    torch.manual_seed(opt.seed)
+    model = Seq2Seq(recipe.model, recipe.features.n_mels, tokenizer_of(front).vocab_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opt.warmup_steps))
+    augment, objective = SpecAugment(recipe.specaugment), GroundTruth()
+    model.train()
+    began = 0.0
+    for step, batch in enumerate(batches, start=1):
+        if step == skip + 1:
+            began = time.perf_counter()
+        torch.manual_seed(opt.seed * 1_000_003 + step - 1)
+        loss = objective.loss(model, augment(batch.feats, batch.lens), batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+        optimizer.step()
+        schedule.step()
+    return (time.perf_counter() - began) / (len(batches) - skip)
+
+
+if __name__ == "__main__":
+    main()
