@@ -26,6 +26,10 @@ class AudioError(ValueError):
     """Audio that cannot be used; the message is one line a user can act on."""
 
 
+class AudioTooLongError(AudioError):
+    """Valid audio over the duration limit (a service answers 413, not 422)."""
+
+
 @dataclass(frozen=True)
 class AudioLimits:
     """Bounds on what we accept; the service tightens max_duration_s for uploads."""
@@ -56,7 +60,8 @@ def load_audio(source: str | Path | bytes, limits: AudioLimits = DEFAULT_LIMITS,
         raise AudioError("audio contains NaN or infinite samples")
     duration = samples.size / rate
     if duration > limits.max_duration_s:
-        raise AudioError(f"audio is {duration:.1f} s long; the limit is {limits.max_duration_s:g} s")
+        raise AudioTooLongError(f"audio is {duration:.1f} s long; the limit is "
+                                f"{limits.max_duration_s:g} s")
     if duration < limits.min_duration_s:
         raise AudioError(f"audio is {duration:.3f} s long; the minimum is {limits.min_duration_s:g} s")
     wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))

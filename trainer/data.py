@@ -101,7 +101,8 @@ def feature_dataset(paths: list[str], front: FrontEnd, concurrency: int | None =
     """A streamed Ray Dataset of featurised utterances, in manifest order."""
     import ray.data
 
-    ds = ray.data.read_parquet(paths, columns=["utt_id", "audio", "text"], file_extensions=["parquet"])
+    ds = ray.data.read_parquet(paths, file_extensions=["parquet"]).select_columns(
+        ["utt_id", "audio", "text"])
     return ds.map_batches(featurize, fn_kwargs={"front": front}, batch_format="pyarrow",
                           batch_size=32, concurrency=concurrency)
 

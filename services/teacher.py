@@ -1,0 +1,109 @@
+"""The teacher as a Ray Serve deployment behind FastAPI: batched beam search over HTTP.
+
+Requests from many clients are gathered by `@serve.batch` into one batched beam search
+(grouped by decode options, since one search runs one setting). Audio is decoded in the
+request handler, so a bad upload fails alone with a 4xx and never reaches the batch; the
+beam search runs in a worker thread, so /healthz answers while a batch decodes.
+
+    serve run conf/serve.yaml                       # the Serve config (autoscaling)
+    seqkd serve runs/teacher/bundle --port 8000     # the same app from the command line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from ray import serve
+
+from common.audio import AudioError, AudioLimits, AudioTooLongError, load_audio
+from common.beam_search import BeamConfig
+from common.transcriber import Transcriber
+from services.requests import Limits, check_token, parse
+
+TOKEN_ENV = "SEQKD_TOKEN"
+
+app = FastAPI(title="seqkd teacher", version="1",
+              description="Beam-search transcription by a seqkd teacher bundle (N-best with scores).")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Teacher:
+    def __init__(self, bundle: str, token: str | None = None, max_batch_size: int = 16,
+                 batch_wait_ms: float = 20.0, max_upload_bytes: int = Limits.max_upload_bytes,
+                 max_duration_s: float = Limits.max_duration_s, device: str = "auto") -> None:
+        self.transcriber = Transcriber(bundle, device=device,
+                                       limits=AudioLimits(max_duration_s=max_duration_s))
+        self.limits = Limits(max_upload_bytes=max_upload_bytes, max_duration_s=max_duration_s)
+        self.token = token or os.environ.get(TOKEN_ENV) or None
+        self.decode_batch.set_max_batch_size(max_batch_size)
+        self.decode_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+        b = self.transcriber.bundle
+        self.info = {"model": b.bundle_id, "params": b.model.num_params(),
+                     "vocab_size": b.tokenizer.vocab_size, "meta": b.meta,
+                     "config": {"model": _model_dict(b),
+                                "features": asdict(b.features.config)},
+                     "device": str(self.transcriber.device),
+                     "limits": asdict(self.limits), "max_batch_size": max_batch_size}
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model(self, request: Request) -> dict:
+        check_token(request, self.token)
+        return self.info
+
+    @app.post("/v1/transcribe")
+    async def transcribe(self, request: Request) -> dict:
+        """Audio as a raw body (audio/*) or multipart field `file`; options in the query or form."""
+        check_token(request, self.token)
+        audio, options = await parse(request, self.limits)
+        cfg = options.beam_config()
+        try:
+            wave = await asyncio.to_thread(self.transcriber.load, audio)
+        except AudioTooLongError as exc:
+            raise HTTPException(413, str(exc)) from None
+        except AudioError as exc:
+            raise HTTPException(422, f"unusable audio: {exc}") from None
+        return await self.decode_batch((wave, cfg))
+
+    async def decode(self, audio: bytes, options: dict[str, Any] | None = None) -> dict:
+        """The same decode for Python callers (a DeploymentHandle), e.g. the labeling job."""
+        wave = await asyncio.to_thread(self.transcriber.load, audio)
+        return await self.decode_batch((wave, BeamConfig(**(options or {}))))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def decode_batch(self, items: list[tuple[Any, BeamConfig]]) -> list[dict]:
+        """One batched beam search per distinct option set in the batch; answers in request order."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, cfg) in enumerate(items):
+            groups.setdefault(tuple(sorted(asdict(cfg).items())), []).append(i)
+        out: list[dict] = [{} for _ in items]
+        for idx in groups.values():
+            cfg = items[idx[0]][1]
+            results = await asyncio.to_thread(self.transcriber.transcribe_waves,
+                                              [items[i][0] for i in idx], cfg)
+            for i, result in zip(idx, results):
+                out[i] = {**result.as_dict(), "model": self.info["model"]}
+        return out
+
+
+def _model_dict(bundle) -> dict:
+    cfg = bundle.model.cfg
+    return {"encoder": asdict(cfg.encoder), "decoder": asdict(cfg.decoder),
+            "ctc_weight": cfg.ctc_weight}
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder for `serve run conf/serve.yaml` (args: the Teacher's arguments)."""
+    args = dict(args)
+    bundle = args.pop("bundle", None)
+    if not bundle:
+        raise ValueError("serve config: `args.bundle` (the teacher bundle directory) is required")
+    return Teacher.bind(bundle=str(bundle), **args)

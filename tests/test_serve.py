@@ -1,0 +1,250 @@
+"""The teacher service over real HTTP on 127.0.0.1: Ray Serve + FastAPI with a trained bundle."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from common.audio import load_audio
+from tests.audio_files import encode
+from tests.conftest import SENTENCES, seqkd
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_UPLOAD = 2_000_000
+MAX_DURATION = 20.0
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, tiny_bundle):
+    from ray import serve
+
+    from services.teacher import Teacher
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Teacher.bind(bundle=str(tiny_bundle[0]), token=TOKEN, max_batch_size=8,
+                           batch_wait_ms=50, max_upload_bytes=MAX_UPLOAD,
+                           max_duration_s=MAX_DURATION), name="teacher", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        yield client
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def speech(speech_dir) -> dict[str, bytes]:
+    """The four utterances as WAV (espeak's 22.05 kHz), FLAC and MP3 at 16 kHz."""
+    out = {}
+    for i in range(len(SENTENCES)):
+        wave = load_audio(speech_dir / f"utt{i}.wav").numpy()
+        out[f"utt{i}.wav"] = (speech_dir / f"utt{i}.wav").read_bytes()
+        out[f"utt{i}.flac"] = encode(wave, 16000, "FLAC")
+        out[f"utt{i}.mp3"] = encode(wave, 16000, "MP3")
+    return out
+
+
+def post(client: httpx.Client, body: bytes, ctype: str = "audio/wav", params: dict | None = None,
+         headers: dict | None = None) -> httpx.Response:
+    return client.post("/v1/transcribe", content=body, params=params,
+                       headers={**AUTH, "Content-Type": ctype, **(headers or {})})
+
+
+def nbest(answer: dict) -> list[tuple[str, list[int], float]]:
+    return [(n["text"], n["tokens"], round(n["logp"], 3)) for n in answer["nbest"]]
+
+
+def test_health_model_and_docs(service, tiny_bundle):
+    assert service.get("/healthz").json() == {"status": "ok"}
+    info = service.get("/v1/model", headers=AUTH).json()
+    meta = json.loads((tiny_bundle[0] / "meta.json").read_text())
+    assert info["params"] == meta["params"] and info["model"] == meta["bundle_id"]
+    assert info["vocab_size"] == meta["vocab_size"] and info["config"]["model"]["encoder"]["type"] == "pblstm"
+    assert "/v1/transcribe" in service.get("/openapi.json").json()["paths"]
+    assert service.get("/docs").status_code == 200
+
+
+def test_wav_flac_mp3_raw_and_multipart_equal_seqkd_transcribe(service, speech, speech_dir, tiny_bundle,
+                                                               tmp_path):
+    params = {"beam": 4, "nbest": 3, "ctc_weight": 0.3}
+    files = []
+    for name, data in speech.items():
+        (tmp_path / name).write_bytes(data)
+        files.append(str(tmp_path / name))
+    cli = seqkd("transcribe", str(tiny_bundle[0]), *files, "--beam", "4", "--nbest", "3",
+                "--ctc-weight", "0.3", "--json", "--device", "cpu")
+    assert cli.returncode == 0, cli.stderr
+    expected = {Path(j["file"]).name: j for j in map(json.loads, cli.stdout.splitlines())}
+    types = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
+    for name, data in speech.items():
+        raw = post(service, data, types[name.rsplit(".", 1)[1]], params)
+        form = service.post("/v1/transcribe", params=params, headers=AUTH,
+                            files={"file": (name, data, "application/octet-stream")})
+        for answer in (raw, form):
+            assert answer.status_code == 200, answer.text
+            got = answer.json()
+            assert nbest(got) == nbest(expected[name]), name
+            assert got["text"] == expected[name]["text"] and len(got["nbest"]) == 3
+            assert got["duration_s"] == pytest.approx(expected[name]["duration_s"], abs=1e-3)
+            assert got["rtf"] > 0 and got["model"] == service.get("/v1/model", headers=AUTH).json()["model"]
+    assert [expected[f"utt{i}.wav"]["text"] for i in range(4)] == SENTENCES
+
+
+def test_concurrent_requests_equal_one_at_a_time(service, speech):
+    jobs = [(name, data, {"beam": b, "nbest": 2}) for name, data in speech.items() for b in (2, 5)]
+    ctype = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
+    alone = [post(service, d, ctype[n.rsplit(".", 1)[1]], p).json() for n, d, p in jobs]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        together = list(pool.map(lambda j: post(service, j[1], ctype[j[0].rsplit(".", 1)[1]], j[2]).json(),
+                                 jobs))
+    assert [nbest(a) for a in together] == [nbest(a) for a in alone]
+
+
+def _variants(wave16: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    import torch
+    import torchaudio.functional as AF
+
+    def at(rate: int) -> np.ndarray:
+        return AF.resample(torch.from_numpy(wave16), 16000, rate).numpy()
+
+    stereo = np.stack([wave16, wave16 * 0.8], axis=1)
+    return {
+        "8 kHz": (encode(at(8000), 8000, "WAV", "PCM_16"), "audio/wav"),
+        "44.1 kHz": (encode(at(44100), 44100, "WAV", "PCM_16"), "audio/wav"),
+        "48 kHz": (encode(at(48000), 48000, "WAV", "PCM_16"), "audio/x-wav"),
+        "stereo": (encode(stereo, 16000, "WAV", "PCM_16"), "audio/wav"),
+        "8-bit": (encode(wave16, 16000, "WAV", "PCM_U8"), "audio/wav"),
+        "float": (encode(wave16, 16000, "WAV", "FLOAT"), "audio/wav"),
+        "mp3 44.1 kHz": (encode(at(44100), 44100, "MP3"), "audio/mpeg"),
+        "ogg": (encode(wave16, 16000, "OGG", "VORBIS"), "audio/ogg"),
+    }
+
+
+def test_unusual_but_valid_audio_gives_the_same_answer(service, speech_dir):
+    wave = load_audio(speech_dir / "utt1.wav").numpy()
+    want = post(service, encode(wave, 16000, "WAV", "PCM_16"), params={"beam": 4}).json()["text"]
+    assert want == SENTENCES[1]
+    for name, (data, ctype) in _variants(wave).items():
+        answer = post(service, data, ctype, {"beam": 4})
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.json()["text"] == want, name
+        assert answer.json()["duration_s"] == pytest.approx(len(wave) / 16000, abs=0.06), name
+
+
+def _wav_header(rate: int, channels: int, data_len: int = 3200) -> bytes:
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * max(channels, 1) * 2, max(channels, 1) * 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + data_len) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", data_len))
+
+
+def _bad_inputs(good: bytes) -> list[tuple[str, dict, int, str]]:
+    """(what, request, status, words the one-line message must contain)."""
+    nan = np.full(16000, np.nan, dtype=np.float32)
+    inf = np.zeros(16000, dtype=np.float32)
+    inf[100] = np.inf
+    too_long = encode(np.zeros(int(16000 * (MAX_DURATION + 5)), dtype=np.float32), 16000, "FLAC")
+    raw = lambda body, ctype="audio/wav", **kw: {"content": body, "headers": {**AUTH, "Content-Type": ctype},
+                                                  **kw}
+    return [
+        ("no body", raw(b""), 400, "empty audio"),
+        ("empty multipart file", {"files": {"file": ("a.wav", b"")}, "headers": AUTH}, 400, "empty audio"),
+        ("random bytes", raw(np.random.default_rng(0).bytes(5000)), 422, "unusable audio"),
+        ("truncated WAV header", raw(good[:30]), 422, "unusable audio"),
+        ("WAV data chunk cut short", raw(_wav_header(16000, 1, 32000) + b"\0" * 10), 422, "unusable audio"),
+        ("WAV of NaN samples", raw(encode(nan, 16000, "WAV", "FLOAT")), 422, "NaN or infinite"),
+        ("WAV with an inf sample", raw(encode(inf, 16000, "WAV", "FLOAT")), 422, "NaN or infinite"),
+        ("header claiming 0 Hz", raw(_wav_header(0, 1) + b"\0" * 3200), 422, "unusable audio"),
+        ("header claiming 0 channels", raw(_wav_header(16000, 0) + b"\0" * 3200), 422, "unusable audio"),
+        ("0 s of audio", raw(_wav_header(16000, 1, 0)), 422, "unusable audio"),
+        ("audio longer than the limit", raw(too_long, "audio/flac"), 413, "the limit is 20 s"),
+        ("body over the byte limit", raw(b"\0" * (MAX_UPLOAD + 1)), 413, "the limit is 2000000 bytes"),
+        ("chunked body over the byte limit",
+         raw(iter([b"\0" * 500_000] * 5)), 413, "exceeds the limit"),
+        ("wrong form field name", {"files": {"audio": ("a.wav", good)}, "headers": AUTH}, 400,
+         "field named `file`"),
+        ("two files", {"files": [("file", ("a.wav", good)), ("file", ("b.wav", good))], "headers": AUTH},
+         400, "exactly one"),
+        ("form without a file", {"data": {"beam": "3"}, "files": {"x": ("", b"")}, "headers": AUTH}, 400,
+         "field named `file`"),
+        ("wrong content type", raw(good, "text/plain"), 415, "unsupported media type"),
+        ("no content type", {"content": good, "headers": {**AUTH, "Content-Type": ""}}, 415,
+         "missing Content-Type"),
+        ("JSON body instead of audio", {"json": {"audio": "x"}, "headers": AUTH}, 415, "application/json"),
+        ("a file path as the body", raw(b"/etc/passwd"), 422, "unusable audio"),
+        ("beam 0", raw(good, params={"beam": 0}), 422, "beam"),
+        ("beam 1000", raw(good, params={"beam": 1000}), 422, "beam"),
+        ("beam abc", raw(good, params={"beam": "abc"}), 422, "beam"),
+        ("nbest 0", raw(good, params={"nbest": 0}), 422, "nbest"),
+        ("nbest > beam", raw(good, params={"beam": 2, "nbest": 3}), 422, "must be <= beam"),
+        ("negative ctc_weight", raw(good, params={"ctc_weight": -0.1}), 422, "ctc_weight"),
+        ("ctc_weight > 1", raw(good, params={"ctc_weight": 1.5}), 422, "ctc_weight"),
+        ("non-finite length_penalty", raw(good, params={"length_penalty": "nan"}), 422, "length_penalty"),
+        ("unknown query parameter", raw(good, params={"temperature": 1}), 422, "unknown option"),
+        ("option given twice", raw(good, params=[("beam", 2), ("beam", 3)]), 422, "more than once"),
+        ("missing bearer token", {"content": good, "headers": {"Content-Type": "audio/wav"}}, 401,
+         "missing bearer token"),
+        ("wrong bearer token", {"content": good, "headers": {"Content-Type": "audio/wav",
+                                                             "Authorization": "Bearer nope"}}, 401,
+         "invalid bearer token"),
+        ("malformed bearer token", {"content": good, "headers": {"Content-Type": "audio/wav",
+                                                                 "Authorization": TOKEN}}, 401,
+         "malformed Authorization"),
+    ]
+
+
+def test_bad_inputs_get_a_clear_4xx_and_the_service_keeps_serving(service, speech):
+    good = speech["utt0.wav"]
+    cases = _bad_inputs(good)
+    assert len(cases) >= 25
+    for what, request, status, words in cases:
+        answer = service.post("/v1/transcribe", **request)
+        assert answer.status_code == status, (what, answer.status_code, answer.text)
+        detail = answer.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail and words in detail, (what, detail)
+        ok = post(service, good, params={"beam": 2})
+        assert ok.status_code == 200 and ok.json()["text"] == SENTENCES[0], what
+    assert service.get("/v1/model").status_code == 401
+
+
+def test_serve_config_is_valid_for_ray_serve(tiny_bundle):
+    from ray.serve.schema import ServeDeploySchema
+
+    from services.teacher import build_app
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "conf" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.parse_obj(config)
+    app = schema.applications[0]
+    assert app.import_path == "services.teacher:build_app"
+    deployment = app.deployments[0]
+    assert deployment["autoscaling_config"]["max_replicas"] > deployment["autoscaling_config"]["min_replicas"]
+    assert deployment["max_ongoing_requests"] >= app.args["max_batch_size"]
+    built = build_app({**app.args, "bundle": str(tiny_bundle[0])})
+    assert type(built).__name__ == "Application"
+    with pytest.raises(ValueError, match="args.bundle"):
+        build_app({})
+
+
+def test_no_token_configured_means_open_access():
+    from starlette.requests import Request
+
+    from services.requests import check_token
+
+    check_token(Request({"type": "http", "headers": []}), None)   # no exception: open access
+    with pytest.raises(Exception, match="missing bearer token"):
+        check_token(Request({"type": "http", "headers": []}), "t")
