@@ -8,8 +8,7 @@ beam search runs in a worker thread, so /healthz answers while a batch decodes.
     serve run conf/serve.yaml                       # the Serve config (autoscaling)
     seqkd serve runs/teacher/bundle --port 8000     # the same app from the command line
 """
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime.
 
 import asyncio
 import os
@@ -28,6 +27,12 @@ TOKEN_ENV = "SEQKD_TOKEN"
 
 app = FastAPI(title="seqkd teacher", version="1",
               description="Beam-search transcription by a seqkd teacher bundle (N-best with scores).")
+
+
+def _model_dict(bundle) -> dict:
+    cfg = bundle.model.cfg
+    return {"encoder": asdict(cfg.encoder), "decoder": asdict(cfg.decoder),
+            "ctc_weight": cfg.ctc_weight}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
@@ -92,12 +97,6 @@ class Teacher:
             for i, result in zip(idx, results):
                 out[i] = {**result.as_dict(), "model": self.info["model"]}
         return out
-
-
-def _model_dict(bundle) -> dict:
-    cfg = bundle.model.cfg
-    return {"encoder": asdict(cfg.encoder), "decoder": asdict(cfg.decoder),
-            "ctc_weight": cfg.ctc_weight}
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
