@@ -116,6 +116,15 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
                   meta=meta, bundle_id=_hash(path), path=path)
 
 
+def bundle_id(path: str | Path) -> str:
+    """The id of a bundle on disk (what `load_bundle(...).bundle_id` gives), without loading it."""
+    path = Path(path)
+    missing = [f for f in ID_FILES if not (path / f).is_file()]
+    if missing:
+        raise BundleError(f"model bundle not found or incomplete: {path} (missing {', '.join(missing)})")
+    return _hash(path)
+
+
 def _unwrap(model: torch.nn.Module) -> Seq2Seq:
     return getattr(model, "module", model)
 

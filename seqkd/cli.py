@@ -6,10 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from seqkd import evaluate_cmd, prepare_cmd, serve_cmd, train_cmd, transcribe_cmd
+from seqkd import evaluate_cmd, label_cmd, prepare_cmd, serve_cmd, train_cmd, transcribe_cmd
 
 PENDING = {
-    "label": ("label a corpus with the teacher's N-best using Ray Data", 7),
     "distill": ("train a student by sequence-level knowledge distillation", 8),
     "report": ("the paper-style table and plot for a set of bundles", 8),
     "demo": ("the whole pipeline end to end on the built-in corpus", 8),
@@ -29,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": ("decode a manifest and score WER/CER, params and RTF",
                      evaluate_cmd.add_arguments),
         "serve": ("serve a bundle over HTTP with Ray Serve + FastAPI", serve_cmd.add_arguments),
+        "label": ("label a corpus with the teacher's N-best using Ray Data", label_cmd.add_arguments),
     }
     for name in ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill",
                  "report", "demo"]:

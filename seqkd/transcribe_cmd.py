@@ -23,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
-def add_beam_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beam", type=int, default=10)
-    p.add_argument("--nbest", type=int, default=1)
+def add_beam_arguments(p: argparse.ArgumentParser, beam: int = 10, nbest: int = 1) -> None:
+    p.add_argument("--beam", type=int, default=beam)
+    p.add_argument("--nbest", type=int, default=nbest)
     p.add_argument("--ctc-weight", type=float, default=0.0)
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--max-len-ratio", type=float, default=1.0)

@@ -78,6 +78,9 @@ class Teacher:
             raise HTTPException(422, f"unusable audio: {exc}") from None
         return await self.decode_batch((wave, cfg))
 
+    def teacher_id(self) -> str:
+        return self.info["model"]
+
     async def decode(self, audio: bytes, options: dict[str, Any] | None = None) -> dict:
         """The same decode for Python callers (a DeploymentHandle), e.g. the labeling job."""
         wave = await asyncio.to_thread(self.transcriber.load, audio)

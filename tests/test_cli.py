@@ -20,7 +20,7 @@ def test_help_lists_all_nine_commands():
 
 
 def test_pending_commands_exit_2_with_one_line():
-    for name in ["label", "distill", "report"]:
+    for name in ["distill", "report", "demo"]:
         out = seqkd(name, "anything")
         assert out.returncode == 2
         assert out.stderr.strip().count("\n") == 0 and "not implemented yet" in out.stderr

@@ -61,6 +61,7 @@ def write_shard(path: Path, rows: list[dict], schema: pa.Schema = SCHEMA) -> Non
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; a shard is data for every worker
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,52 @@
+"""`seqkd label BUNDLE --data D/train --out L/train`: the teacher's N-best with Ray Data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seqkd.transcribe_cmd import add_beam_arguments, beam_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", nargs="?", help="teacher bundle (or run directory); not with --via-serve")
+    p.add_argument("--data", required=True, help="manifest directory to label")
+    p.add_argument("--out", required=True, help="pseudo-label directory (one shard per input shard)")
+    add_beam_arguments(p, beam=10, nbest=5)
+    p.add_argument("--batch-size", type=int, default=16, help="utterances per map_batches call")
+    p.add_argument("--concurrency", type=int, default=1, help="teacher actors (or Serve callers)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--via-serve", metavar="APP", nargs="?", const="teacher",
+                   help="decode with the running Serve app APP (default name: teacher)")
+    p.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import ray
+
+    from common.config import ConfigError
+    from common.corpora.manifest import ManifestError
+    from services.labeling import LabelError, label
+
+    bundle = Path(args.bundle) if args.bundle else None
+    if bundle is not None and (bundle / "bundle").is_dir():
+        bundle = bundle / "bundle"
+    if (bundle is None) == (args.via_serve is None):
+        print("seqkd label: give a teacher BUNDLE or --via-serve, not both or neither", file=sys.stderr)
+        return 2
+    try:
+        cfg = beam_config(args)
+        if not ray.is_initialized():
+            ray.init(address=args.address, include_dashboard=False)
+        summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,
+                        args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty())
+    except (ConfigError, ManifestError, LabelError) as exc:
+        print(f"seqkd label: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.__dict__) if args.json else summary.line())
+    return 0
