@@ -27,10 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import ray
-
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
+    from seqkd.ray_connect import connect
     from services.labeling import LabelError, label
 
     bundle = Path(args.bundle) if args.bundle else None
@@ -41,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = beam_config(args)
-        if not ray.is_initialized():
-            ray.init(address=args.address, include_dashboard=False)
+        connect(args.address)
         summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,
                         args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty())
     except (ConfigError, ManifestError, LabelError) as exc:

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from common.bundle import BundleError, load_bundle
+    from seqkd.ray_connect import connect
     from services.teacher import TOKEN_ENV, Teacher
 
     bundle = Path(args.bundle)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1 or args.replicas < 1:
         print("seqkd serve: --max-batch-size and --replicas must be >= 1", file=sys.stderr)
         return 2
-    ray.init(address=args.address, include_dashboard=False)
+    connect(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     app = Teacher.options(
         num_replicas=args.replicas, max_ongoing_requests=max(64, 4 * args.max_batch_size),

@@ -31,23 +31,16 @@ def overrides(args: argparse.Namespace) -> dict:
             "scaling": {"num_workers": args.num_workers}}
 
 
-def init_ray(args: argparse.Namespace) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
-                 include_dashboard=False, log_to_driver=True)
-
-
 def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
     from trainer.recipe import load_recipe
+    from seqkd.ray_connect import connect
     from trainer.run import RunError, train
 
     try:
         recipe = load_recipe(args.config, overrides(args))
-        init_ray(args)
+        connect(args.address, args.num_cpus)
         summary = train(recipe, args.train, args.dev, args.out, resume=args.resume)
     except (ConfigError, ManifestError, RunError) as exc:
         print(f"seqkd train: {exc}", file=sys.stderr)
