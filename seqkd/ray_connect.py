@@ -14,4 +14,4 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:   # an existing cluster (inside `ray job submit`, RAY_ADDRESS says which)
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)   # a new one, always

@@ -133,10 +133,11 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     import ray.data
 
     decode.validate()
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if concurrency < 1 or concurrency > cpus - 1:
+    cpus = ray.available_resources().get("CPU", 0)
+    if concurrency < 1 or (not via_serve and concurrency > cpus - 1):
         raise LabelError(f"--concurrency {concurrency}: each teacher actor takes a CPU and reading "
-                         f"shards needs one more; this cluster has {cpus:g} CPUs, so use 1..{max(1, int(cpus) - 1)}")
+                         f"shards needs one more; this cluster has {cpus:g} free CPUs, so use "
+                         f"1..{max(1, int(cpus) - 1)}")
     settings = asdict(decode)
     out = Path(out)
     teacher_id = _teacher_id(bundle, via_serve)
@@ -153,7 +154,7 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
         ds = ray.data.read_parquet([str(p) for p in pending.values()], include_paths=True,
                                    file_extensions=["parquet"])
         if via_serve:
-            ds = ds.map_batches(ServeLabeler, fn_constructor_args=(via_serve, settings),
+            ds = ds.map_batches(ServeLabeler, fn_constructor_args=(via_serve, settings), num_cpus=0,
                                 batch_format="pyarrow", batch_size=batch_size, concurrency=concurrency)
         else:
             fail_after = int(os.environ.get(FAIL_ENV, "0"))

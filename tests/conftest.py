@@ -110,7 +110,7 @@ def ray_local():
     """One in-process Ray for every Ray test: 2 CPUs, no dashboard, a modest object store."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=400 * 1024 * 1024, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -259,3 +259,24 @@ def test_no_token_configured_means_open_access():
     check_token(Request({"type": "http", "headers": []}), None)   # no exception: open access
     with pytest.raises(Exception, match="missing bearer token"):
         check_token(Request({"type": "http", "headers": []}), "t")
+
+
+def test_labeling_through_the_deployment_handle(service, synth_corpus, tiny_bundle, tmp_path):
+    """`seqkd label --via-serve`: the same N-best as the local teacher, from the Serve fleet."""
+    from common.beam_search import BeamConfig
+    from common.corpora.manifest import iter_rows
+    from common.transcriber import Transcriber
+    from services.labeling import label
+
+    data = synth_corpus[0] / "dev"
+    decode = BeamConfig(beam=3, nbest=2)
+    summary = label(None, data, tmp_path / "labels", decode, batch_size=4, via_serve="teacher",
+                    show_progress=False)
+    rows = {r["utt_id"]: r for r in iter_rows(tmp_path / "labels")}
+    source = {r["utt_id"]: r for r in iter_rows(data)}
+    assert rows.keys() == source.keys() and summary.utterances == 6
+    transcriber = Transcriber(tiny_bundle[0], device="cpu")
+    for utt, row in rows.items():
+        want = transcriber.transcribe([source[utt]["audio"]], decode)[0]
+        assert [h["tokens"] for h in row["hyps"]] == [n.tokens for n in want.nbest]
+        assert row["teacher_id"] == transcriber.bundle.bundle_id
