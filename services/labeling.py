@@ -164,16 +164,19 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
                 fn_constructor_args=(str(bundle), settings, "cuda" if num_gpus else "cpu", fail_after,
                                      str(out / ".fault_injected")))
         columns = [TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
-                   TextColumn("{task.fields[shards]}"), TimeRemainingColumn()]
+                   TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
+                   TimeRemainingColumn()]
         with Progress(*columns, disable=not show_progress) as progress:
-            task = progress.add_task("label", total=sum(expected.values()), shards="")
+            task = progress.add_task("label", total=sum(expected.values()), shards="", rate="")
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
                     name = Path(row.pop("path")).name
                     rows_of[name][row["utt_id"]] = row   # a retried task's rows replace, never add
                     if len(rows_of[name]) == expected[name]:
                         _write(out, name, inputs[name], rows_of[name], index, teacher_id)
-                progress.update(task, completed=sum(len(r) for r in rows_of.values()),
+                done = sum(len(r) for r in rows_of.values())
+                progress.update(task, completed=done,
+                                rate=f"{done / (time.perf_counter() - began):.1f} utts/s",
                                 shards=f"{len(index['shards'])}/{len(inputs)} shards")
     missing = {n: expected[n] - len(rows_of.get(n, {})) for n in pending
                if len(rows_of.get(n, {})) != expected[n]}
