@@ -133,10 +133,10 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     import ray.data
 
     decode.validate()
-    cpus = ray.available_resources().get("CPU", 0)
+    cpus = ray.cluster_resources().get("CPU", 0)
     if concurrency < 1 or (not via_serve and concurrency > cpus - 1):
         raise LabelError(f"--concurrency {concurrency}: each teacher actor takes a CPU and reading "
-                         f"shards needs one more; this cluster has {cpus:g} free CPUs, so use "
+                         f"shards needs one more; this cluster has {cpus:g} CPUs, so use "
                          f"1..{max(1, int(cpus) - 1)}")
     settings = asdict(decode)
     out = Path(out)
