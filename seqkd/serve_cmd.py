@@ -55,15 +55,19 @@ def run(args: argparse.Namespace) -> int:
     ).bind(bundle=str(bundle.resolve()), token=args.token or os.environ.get(TOKEN_ENV),
            max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_duration_s=args.max_duration_s)
-    serve.run(app, name="teacher", route_prefix="/")
-    print(f"seqkd serve: {bundle} at http://{args.host}:{args.port}/v1/transcribe "
-          f"(docs: /docs, {args.replicas} replica(s), batches of <= {args.max_batch_size}); "
-          f"Ctrl-C stops", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    print("seqkd serve: shutting down", flush=True)
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        serve.run(app, name="teacher", route_prefix="/")
+        print(f"seqkd serve: {bundle} at http://{args.host}:{args.port}/v1/transcribe "
+              f"(docs: /docs, {args.replicas} replica(s), batches of <= {args.max_batch_size}); "
+              f"Ctrl-C stops", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+    except KeyboardInterrupt:   # Ctrl-C while the app was still starting
+        pass
+    finally:
+        print("seqkd serve: shutting down", flush=True)
+        serve.shutdown()
+        ray.shutdown()
     return 0
