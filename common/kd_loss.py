@@ -5,8 +5,9 @@ The student learns the teacher's beam-search N-best instead of (or beside) the t
     L = (1 - w_ctc) * sum_u sum_k a_uk * CE(student decoder | hyp_uk) / U  +  w_ctc * CTC
 
 The encoder runs once per utterance; its output rows are gathered by index for the k
-hypotheses of each utterance, which then run through the decoder as extra rows of one batch.
-The features are never copied, and one encoder pass serves all k targets.
+hypotheses of each utterance, which then run through the decoder as extra rows of one batch
+(`Seq2Seq.forward` with `owner` and `weights`). The features are never copied, and one
+encoder pass serves all k targets.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from common.models.seq2seq import Seq2Seq, attention_loss, ctc_loss, decoder_io
 
 
 def hypothesis_weights(logps: list[float], mode: str = "uniform", temperature: float = 1.0) -> list[float]:
@@ -34,22 +33,17 @@ def hypothesis_weights(logps: list[float], mode: str = "uniform", temperature: f
     return [e / total for e in exp]
 
 
-def sequence_kd_loss(model: Seq2Seq, feats: torch.Tensor, lens: torch.Tensor,
+def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Tensor,
                      hyps: list[list[list[int]]], weights: list[list[float]],
                      ctc_targets: list[list[int]]) -> dict[str, torch.Tensor]:
     """feats (B, T, F), lens (B,); hyps[u] = the k_u token lists of utterance u, weights[u] their
-    a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript)."""
+    a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript).
+
+    Goes through the model's `forward`, so a DDP-wrapped student synchronises its gradients.
+    """
     if len(hyps) != feats.shape[0] or any(not h for h in hyps):
         raise ValueError("every utterance needs at least one hypothesis")
-    enc, enc_lens = model.encode(feats, lens)                                 # (B, T', D)
-    owner = torch.tensor([u for u, h in enumerate(hyps) for _ in h], device=enc.device)   # (N,)
-    memory = model.decoder.prepare(enc.index_select(0, owner), enc_lens.index_select(0, owner))
-    flat = [t for h in hyps for t in h]
-    ys_in, ys_out = decoder_io(flat, enc.device)
-    per_hyp = attention_loss(model.decoder(memory, ys_in), ys_out, model.cfg.label_smoothing,
-                             reduction="none")                                # (N,)
-    a = torch.tensor([w for ws in weights for w in ws], device=enc.device, dtype=per_hyp.dtype)
-    att = (a * per_hyp).sum() / len(hyps)
-    ctc = ctc_loss(model.ctc_log_probs(enc), enc_lens, ctc_targets)
-    w = model.cfg.ctc_weight
-    return {"loss": (1 - w) * att + w * ctc, "att": att.detach(), "ctc": ctc.detach()}
+    out = model(feats, lens, [t for h in hyps for t in h],
+                owner=[u for u, h in enumerate(hyps) for _ in h],
+                weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets)
+    return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach()}

@@ -58,15 +58,31 @@ class Seq2Seq(nn.Module):
         """(B, T', D) -> (B, T', V) log-probabilities."""
         return torch.log_softmax(self.ctc(enc), dim=-1)
 
-    def forward(self, feats: torch.Tensor, lens: torch.Tensor,
-                targets: list[list[int]]) -> Losses:
-        """Joint CTC-attention loss for one batch with ground-truth token ids."""
-        enc, enc_lens = self.encode(feats, lens)
-        memory = self.decoder.prepare(enc, enc_lens)
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]],
+                owner: list[int] | None = None, weights: list[float] | None = None,
+                ctc_targets: list[list[int]] | None = None) -> Losses:
+        """Joint CTC-attention loss; `forward` so that DDP sees every training step.
+
+        Ground truth: one target per utterance. Sequence-level KD: `targets` are hypotheses,
+        `owner[i]` the utterance of hypothesis i and `weights[i]` its weight (summing to 1
+        per utterance); the encoder runs once per utterance and its rows are gathered by index.
+        """
+        enc, enc_lens = self.encode(feats, lens)                                  # (B, T', D)
+        if owner is None:
+            rows_enc, rows_lens = enc, enc_lens
+        else:
+            index = torch.tensor(owner, device=enc.device)                        # (N,)
+            rows_enc, rows_lens = enc.index_select(0, index), enc_lens.index_select(0, index)
+        memory = self.decoder.prepare(rows_enc, rows_lens)
         ys_in, ys_out = decoder_io(targets, enc.device)
-        logits = self.decoder(memory, ys_in)
-        att = attention_loss(logits, ys_out, self.cfg.label_smoothing)
-        ctc = ctc_loss(self.ctc_log_probs(enc), enc_lens, targets)
+        logits = self.decoder(memory, ys_in)                                      # (N, L, V)
+        per_seq = attention_loss(logits, ys_out, self.cfg.label_smoothing, reduction="none")
+        if weights is None:
+            att = per_seq.mean()
+        else:
+            a = torch.tensor(weights, device=enc.device, dtype=per_seq.dtype)
+            att = (a * per_seq).sum() / enc.shape[0]
+        ctc = ctc_loss(self.ctc_log_probs(enc), enc_lens, targets if ctc_targets is None else ctc_targets)
         w = self.cfg.ctc_weight
         valid = ys_out != IGNORE
         acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
