@@ -219,19 +219,24 @@ class DevSet:
 
     @torch.no_grad()
     def evaluate(self, model: Seq2Seq, objective, beam: int, device: torch.device) -> dict[str, float]:
-        """Dev loss (teacher forcing) and WER/CER of a small beam search, on the whole dev set."""
+        """Dev loss (teacher forcing) and WER/CER of a small joint CTC-attention beam search.
+
+        Joint decoding at the training CTC weight: a young attention decoder alone tends to loop
+        until the length limit, and a dev WER of such loops would pick the wrong best bundle.
+        """
         if self.batches is None:
             self.batches = [collate(rows, self.front.features.n_mels)
                             for rows in self.shard.iter_batches(batch_size=16, batch_format="pyarrow")]
         model.eval()
         tokenizer = tokenizer_of(self.front)
         refs, hyps, loss_sum, n = [], [], 0.0, 0
+        cfg = BeamConfig(beam=beam, ctc_weight=model.cfg.ctc_weight)
         for batch in self.batches:
             feats, lens = batch.feats.to(device), batch.lens.to(device)
             loss_sum += float(objective.loss(model, feats, batch)["loss"]) * len(batch.utt_ids)
             n += len(batch.utt_ids)
             enc, enc_lens = model.encode(feats, lens)
-            for nbest, ref in zip(beam_search(model, enc, enc_lens, BeamConfig(beam=beam)), batch.texts):
+            for nbest, ref in zip(beam_search(model, enc, enc_lens, cfg), batch.texts):
                 refs.append(ref)
                 hyps.append(tokenizer.decode(nbest[0].tokens))
         if not n:

@@ -42,7 +42,7 @@ class OptimRecipe:
     specaugment: bool = True
     log_every: int = 10                # steps between metric reports
     checkpoint_every: int = 500        # steps between mid-epoch checkpoints (and every epoch)
-    dev_beam: int = 1                  # beam for the per-epoch dev WER (1 = greedy)
+    dev_beam: int = 1                  # beam of the per-epoch dev WER (joint CTC at ctc_weight)
     seed: int = 0
 
     def validate(self) -> None:
