@@ -116,6 +116,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
                   meta=meta, bundle_id=_hash(path), path=path)
 
 
+def find_bundle(path: str | Path) -> Path:
+    """A bundle directory as given, or the `bundle/` of a training run directory."""
+    path = Path(path)
+    return path / "bundle" if (path / "bundle").is_dir() else path
+
+
 def bundle_id(path: str | Path) -> str:
     """The id of a bundle on disk (what `load_bundle(...).bundle_id` gives), without loading it."""
     path = Path(path)

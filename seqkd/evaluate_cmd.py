@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from seqkd.transcribe_cmd import add_beam_arguments, beam_config
@@ -20,16 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from common.bundle import BundleError
+    from common.bundle import BundleError, find_bundle
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
     from trainer.evaluate import evaluate, write_evaluation
 
-    bundle = Path(args.bundle)
-    if (bundle / "bundle").is_dir():
-        bundle = bundle / "bundle"
+    bundle = find_bundle(args.bundle)
     try:
         ev = evaluate(bundle, args.data, beam_config(args), args.device, args.batch_size,
                       show_progress=sys.stderr.isatty())

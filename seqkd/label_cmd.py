@@ -25,16 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from common.bundle import find_bundle
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
     from services.labeling import LabelError, label
 
-    bundle = Path(args.bundle) if args.bundle else None
-    if bundle is not None and (bundle / "bundle").is_dir():
-        bundle = bundle / "bundle"
+    bundle = find_bundle(args.bundle) if args.bundle else None
     if (bundle is None) == (args.via_serve is None):
         print("seqkd label: give a teacher BUNDLE or --via-serve, not both or neither", file=sys.stderr)
         return 2

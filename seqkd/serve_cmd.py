@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a batch waits for more requests")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
-    p.add_argument("--token", help=f"require `Authorization: Bearer TOKEN` (default: ${'{'}SEQKD_TOKEN{'}'})")
+    p.add_argument("--token", help="require `Authorization: Bearer TOKEN` (default: $SEQKD_TOKEN)")
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-duration-s", type=float, default=60.0)
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
@@ -27,18 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import ray
     from ray import serve
 
-    from common.bundle import BundleError, load_bundle
+    from common.bundle import BundleError, find_bundle, load_bundle
     from seqkd.ray_connect import connect
     from services.teacher import TOKEN_ENV, Teacher
 
-    bundle = Path(args.bundle)
-    if (bundle / "bundle").is_dir():
-        bundle = bundle / "bundle"
+    bundle = find_bundle(args.bundle)
     try:
         load_bundle(bundle)   # fail here, in one line, rather than in a replica's log
     except BundleError as exc:

@@ -217,14 +217,14 @@ def _open_index(out: Path, teacher_id: str, settings: dict) -> dict:
 
 def _write(out: Path, name: str, source: Path, rows: dict[str, dict], index: dict, teacher_id: str) -> None:
     """Write one output shard in its input's row order, then record it in labels.json."""
+    if any(r["teacher_id"] != teacher_id for r in rows.values()):
+        raise LabelError(f"shard {name} was labelled by another teacher than {teacher_id}")
     order = pq.read_table(source, columns=["utt_id"]).column("utt_id").to_pylist()
     write_shard(out / name, [rows[u] for u in order], LABEL_SCHEMA)
     index["shards"][name] = len(order)
     tmp = out / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(index, indent=2))
     tmp.replace(out / INDEX)
-    if any(r["teacher_id"] != teacher_id for r in rows.values()):
-        raise LabelError(f"shard {name} was labelled by another teacher than {teacher_id}")
 
 
 def _summary(rows_of: dict[str, dict[str, dict]], done: int, skipped: int, seconds: float) -> LabelSummary:

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from ray import serve
 
-from common.audio import AudioError, AudioLimits, AudioTooLongError, load_audio
+from common.audio import AudioError, AudioLimits, AudioTooLongError
 from common.beam_search import BeamConfig
 from common.transcriber import Transcriber
 from services.requests import Limits, check_token, parse

@@ -79,27 +79,9 @@ class ScalingRecipe:
 
 
 @dataclass
-class Recipe:
-    model: ModelConfig
-    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-    optim: OptimRecipe = field(default_factory=OptimRecipe)
-    data: DataRecipe = field(default_factory=DataRecipe)
-    scaling: ScalingRecipe = field(default_factory=ScalingRecipe)
-    name: str = ""
-    description: str = ""
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["model"] = {"encoder": asdict(self.model.encoder), "decoder": asdict(self.model.decoder),
-                        "ctc_weight": self.model.ctc_weight,
-                        "label_smoothing": self.model.label_smoothing}
-        return out
-
-
-@dataclass
 class _RecipeShell:
+    """A recipe as read from YAML, before the model section is parsed by its `type` keys."""
+
     model: dict
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -111,12 +93,22 @@ class _RecipeShell:
     description: str = ""
 
 
+@dataclass
+class Recipe(_RecipeShell):
+    model: ModelConfig
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["model"] = {"encoder": asdict(self.model.encoder), "decoder": asdict(self.model.decoder),
+                        "ctc_weight": self.model.ctc_weight,
+                        "label_smoothing": self.model.label_smoothing}
+        return out
+
+
 def recipe_from_dict(data: Any, where: str = "") -> Recipe:
     shell = from_dict(_RecipeShell, data, where)
     model = ModelConfig.from_dict(shell.model, f"{where}.model" if where else "model")
-    fields = {k: getattr(shell, k) for k in ("tokenizer", "features", "specaugment", "optim",
-                                              "data", "scaling", "name", "description")}
-    return Recipe(model=model, **fields)
+    return Recipe(**{**vars(shell), "model": model})
 
 
 def load_recipe(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Recipe:
