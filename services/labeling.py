@@ -9,12 +9,14 @@ actor pool (the bundle loaded once per actor, GPUs requested when asked) or, wit
 The driver gathers the labelled rows of each input shard and writes the output shard with the
 same name (temp file + rename) only when every one of its utterances is there, so an output
 shard that exists is complete, a re-run skips it, and a killed worker (whose task Ray retries)
-neither loses nor duplicates an utterance. `labels.json` records the teacher, the decode
+neither loses nor duplicates an utterance. `labels.json` records the teacher, its tokenizer
+(copied beside the shards as tokenizer.model, for the students), the decode
 settings and the shards done.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +41,7 @@ HYP = pa.struct([("text", pa.string()), ("tokens", pa.list_(pa.int32())), ("logp
 LABEL_SCHEMA = SCHEMA.append(pa.field("hyps", pa.list_(HYP))) \
     .append(pa.field("teacher_id", pa.string())).append(pa.field("decode", pa.string()))
 INDEX = "labels.json"
+TOKENIZER = "tokenizer.model"   # the teacher's, copied beside the shards
 FAIL_ENV = "SEQKD_LABEL_FAIL_AFTER"   # fault injection for tests: kill one actor after K batches
 
 
@@ -140,10 +143,10 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
                          f"1..{max(1, int(cpus) - 1)}")
     settings = asdict(decode)
     out = Path(out)
-    teacher_id = _teacher_id(bundle, via_serve)
+    teacher_id, tokenizer = _teacher(bundle, via_serve)
     inputs = {p.name: p for p in shard_paths(data)}
     out.mkdir(parents=True, exist_ok=True)
-    index = _open_index(out, teacher_id, settings)
+    index = _open_index(out, teacher_id, tokenizer, settings)
     for tmp in out.glob(".shard-*.tmp"):   # a run killed while writing: redo that shard
         tmp.unlink()
     pending = {name: p for name, p in inputs.items() if not (out / name).exists()}
@@ -185,24 +188,29 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     return _summary(rows_of, len(pending), len(inputs) - len(pending), time.perf_counter() - began)
 
 
-def _teacher_id(bundle: str | Path | None, via_serve: str | None) -> str:
+def _teacher(bundle: str | Path | None, via_serve: str | None) -> tuple[str, bytes]:
+    """The teacher's id and its tokenizer model (students must share it)."""
     if via_serve:
         from ray import serve
 
-        return serve.get_app_handle(via_serve).teacher_id.remote().result()
+        handle = serve.get_app_handle(via_serve)
+        return handle.teacher_id.remote().result(), handle.tokenizer_model.remote().result()
     from common.bundle import BundleError, bundle_id
 
     try:
-        return bundle_id(bundle)
+        return bundle_id(bundle), (Path(bundle) / TOKENIZER).read_bytes()
     except BundleError as exc:
         raise LabelError(str(exc)) from None
 
 
-def _open_index(out: Path, teacher_id: str, settings: dict) -> dict:
-    """labels.json of `out`, refusing to mix teachers or decode settings in one output."""
+def _open_index(out: Path, teacher_id: str, tokenizer: bytes, settings: dict) -> dict:
+    """labels.json of `out` (with the teacher's tokenizer beside it), refusing to mix teachers or
+    decode settings in one output."""
     path = out / INDEX
     if not path.exists():
-        index = {"teacher_id": teacher_id, "decode": settings, "shards": {}}
+        index = {"teacher_id": teacher_id, "decode": settings,
+                 "tokenizer_sha256": hashlib.sha256(tokenizer).hexdigest(), "shards": {}}
+        (out / TOKENIZER).write_bytes(tokenizer)
         path.write_text(json.dumps(index, indent=2))
         return index
     index = json.loads(path.read_text())

@@ -81,6 +81,10 @@ class Teacher:
     def teacher_id(self) -> str:
         return self.info["model"]
 
+    def tokenizer_model(self) -> bytes:
+        """The sentencepiece model, which pseudo labels carry so a student can share it."""
+        return self.transcriber.bundle.tokenizer.proto
+
     async def decode(self, audio: bytes, options: dict[str, Any] | None = None) -> dict:
         """The same decode for Python callers (a DeploymentHandle), e.g. the labeling job."""
         wave = await asyncio.to_thread(self.transcriber.load, audio)

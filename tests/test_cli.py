@@ -19,11 +19,18 @@ def test_help_lists_all_nine_commands():
     assert listed == COMMANDS
 
 
-def test_pending_commands_exit_2_with_one_line():
-    for name in ["distill", "report", "demo"]:
-        out = seqkd(name, "anything")
-        assert out.returncode == 2
-        assert out.stderr.strip().count("\n") == 0 and "not implemented yet" in out.stderr
+def test_distill_refuses_a_manifest_that_is_not_pseudo_labels(synth_corpus, tmp_path):
+    out = seqkd("distill", "--config", "conf/student_small.yaml", "--labels", str(synth_corpus[0] / "train"),
+                "--out", str(tmp_path / "run"), "--num-cpus", "1")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not pseudo labels" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_refuses_a_directory_that_is_not_a_bundle(synth_corpus, tmp_path):
+    out = seqkd("report", str(tmp_path), "--test", str(synth_corpus[0] / "test"), "--out", str(tmp_path / "r"))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not a model bundle" in out.stderr
 
 
 def test_transcribe_text_and_json_match_the_library(tiny_bundle, speech_dir):

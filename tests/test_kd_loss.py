@@ -69,3 +69,24 @@ def test_hypothesis_weights():
     with pytest.raises(ValueError, match="at least one hypothesis"):
         sequence_kd_loss(tiny_model("pblstm-lstm"), *batch()[:2], [[[3]], [], [[4]]], [[1.0], [], [1.0]],
                          [[3], [3], [4]])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_loss_and_gradients_equal_the_weighted_sum_of_single_target_losses(family):
+    """The slow way: one full forward (encoder included) per hypothesis, weighted a_uk / U."""
+    feats, lens, hyps = batch(3)
+    weights = [hypothesis_weights([-0.5 * i for i in range(len(h))], "score", 1.5) for h in hyps]
+    ctc = [h[-1] for h in hyps]
+    fast_model, slow_model = tiny_model(family).eval(), tiny_model(family).eval()
+    slow_model.load_state_dict(fast_model.state_dict())
+
+    fast = sequence_kd_loss(fast_model, feats, lens, hyps, weights, ctc)["loss"]
+    fast.backward()
+    slow = sum(w * slow_model(feats[u:u + 1, : int(lens[u])], lens[u:u + 1], [tokens],
+                              ctc_targets=[ctc[u]]).loss
+               for u, (hs, ws) in enumerate(zip(hyps, weights)) for tokens, w in zip(hs, ws)) / len(hyps)
+    slow.backward()
+
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-4)
+    for (name, p), q in zip(fast_model.named_parameters(), slow_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-5), name

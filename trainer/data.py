@@ -22,6 +22,7 @@ import torch
 
 from common.audio import AudioError, AudioLimits, load_audio
 from common.features import CMVN, FeatureConfig, FeatureExtractor
+from common.metrics import utterance_wer
 from common.text import remove_non_language
 from common.tokenizer import Tokenizer
 
@@ -31,6 +32,28 @@ FEATURE_SCHEMA = pa.schema([
     ("utt_id", pa.string()), ("text", pa.string()), ("feats", pa.binary()),
     ("n_frames", pa.int32()), ("tokens", pa.list_(pa.int32())),
 ])
+# Pseudo-labelled rows also carry the teacher's kept hypotheses (token ids, log-probabilities).
+KD_FEATURE_SCHEMA = FEATURE_SCHEMA.append(pa.field("hyp_tokens", pa.list_(pa.list_(pa.int32())))) \
+    .append(pa.field("hyp_logp", pa.list_(pa.float32())))
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Which of the teacher's hypotheses a student learns: the top `k`, minus those whose WER
+    against the transcript exceeds `max_wer` (distil-whisper's filter for hallucinations).
+
+    The filter needs a transcript; utterances without one keep their top k unfiltered, which is
+    what makes KD useful on untranscribed audio.
+    """
+
+    k: int = 5
+    max_wer: float | None = None
+
+    def select(self, transcript: str, hyps: list[dict]) -> list[dict]:
+        kept = [h for h in hyps[: self.k] if h["tokens"]]
+        if self.max_wer is not None and transcript:
+            kept = [h for h in kept if utterance_wer(transcript, h["text"]) <= self.max_wer]
+        return kept
 
 
 @dataclass(frozen=True)
@@ -67,22 +90,32 @@ def tokenizer_of(front: FrontEnd) -> Tokenizer:
     return _tokenizer(hashlib.sha1(front.tokenizer_proto).hexdigest(), front.tokenizer_proto)
 
 
-def featurize(table: pa.Table, front: FrontEnd) -> pa.Table:
+def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = None) -> pa.Table:
     """Manifest rows -> (utt_id, normalised text, CMVN'd fbank bytes, n_frames, token ids).
 
-    Rows that cannot train (undecodable audio, too long, no transcript) are dropped with a
-    one-line warning each, so one bad utterance does not stop a run of many hours.
+    With `pseudo`, pseudo-label rows -> the same plus the kept hypotheses; the transcript may
+    then be empty. Rows that cannot train (undecodable audio, too long, no transcript or no kept
+    hypothesis) are dropped with a one-line warning each, so one bad utterance does not stop a
+    run of many hours.
     """
     extractor, tok = front.extractor(), tokenizer_of(front)
     limits = AudioLimits(max_duration_s=front.max_duration_s)
-    rows: dict[str, list] = {name: [] for name in FEATURE_SCHEMA.names}
-    for utt_id, audio, text in zip(table.column("utt_id").to_pylist(),
-                                   table.column("audio").to_pylist(),
-                                   table.column("text").to_pylist()):
+    schema = FEATURE_SCHEMA if pseudo is None else KD_FEATURE_SCHEMA
+    rows: dict[str, list] = {name: [] for name in schema.names}
+    all_hyps = table.column("hyps").to_pylist() if pseudo is not None else [None] * table.num_rows
+    for utt_id, audio, text, hyps in zip(table.column("utt_id").to_pylist(),
+                                         table.column("audio").to_pylist(),
+                                         table.column("text").to_pylist(), all_hyps):
         target = front.target_text(text or "")
-        if not target:
+        if pseudo is None and not target:
             log.warning("skipping %s: empty transcript", utt_id)
             continue
+        if pseudo is not None:
+            hyps = pseudo.select(target, hyps or [])
+            if not hyps:
+                log.warning("skipping %s: no teacher hypothesis kept (k=%d, max_wer=%s)", utt_id,
+                            pseudo.k, pseudo.max_wer)
+                continue
         try:
             wave = load_audio(audio, limits, front.features.sample_rate)
         except AudioError as exc:
@@ -94,17 +127,21 @@ def featurize(table: pa.Table, front: FrontEnd) -> pa.Table:
         rows["feats"].append(feats.tobytes())
         rows["n_frames"].append(feats.shape[0])
         rows["tokens"].append(tok.encode(target))
-    return pa.Table.from_pydict(rows, schema=FEATURE_SCHEMA)
+        if pseudo is not None:
+            rows["hyp_tokens"].append([h["tokens"] for h in hyps])
+            rows["hyp_logp"].append([h["logp"] for h in hyps])
+    return pa.Table.from_pydict(rows, schema=schema)
 
 
-def feature_dataset(paths: list[str], front: FrontEnd, concurrency: int | None = None):
-    """A streamed Ray Dataset of featurised utterances, in manifest order."""
+def feature_dataset(paths: list[str], front: FrontEnd, pseudo: PseudoLabels | None = None,
+                    concurrency: int | None = None):
+    """A streamed Ray Dataset of featurised utterances (with hypotheses, for `pseudo`), in order."""
     import ray.data
 
-    ds = ray.data.read_parquet(paths, file_extensions=["parquet"]).select_columns(
-        ["utt_id", "audio", "text"])
-    return ds.map_batches(featurize, fn_kwargs={"front": front}, batch_format="pyarrow",
-                          batch_size=32, concurrency=concurrency)
+    columns = ["utt_id", "audio", "text"] + (["hyps"] if pseudo is not None else [])
+    ds = ray.data.read_parquet(paths, file_extensions=["parquet"]).select_columns(columns)
+    return ds.map_batches(featurize, fn_kwargs={"front": front, "pseudo": pseudo},
+                          batch_format="pyarrow", batch_size=32, concurrency=concurrency)
 
 
 @dataclass
@@ -113,7 +150,9 @@ class Batch:
     texts: list[str]
     feats: torch.Tensor            # (B, T, F)
     lens: torch.Tensor             # (B,)
-    targets: list[list[int]]
+    targets: list[list[int]]                     # transcript tokens ([] where there is none)
+    hyps: list[list[list[int]]] | None = None    # teacher hypotheses per utterance (KD rows)
+    hyp_logps: list[list[float]] | None = None
 
     @property
     def frames(self) -> int:
@@ -125,9 +164,12 @@ def collate(rows: pa.Table, n_mels: int) -> Batch:
     feats = torch.zeros(len(frames), max(frames), n_mels)
     for i, (blob, n) in enumerate(zip(rows.column("feats").to_pylist(), frames)):
         feats[i, :n] = torch.frombuffer(bytearray(blob), dtype=torch.float32).view(n, n_mels)
+    kd = "hyp_tokens" in rows.column_names
     return Batch(utt_ids=rows.column("utt_id").to_pylist(), texts=rows.column("text").to_pylist(),
                  feats=feats, lens=torch.tensor(frames, dtype=torch.long),
-                 targets=rows.column("tokens").to_pylist())
+                 targets=rows.column("tokens").to_pylist(),
+                 hyps=rows.column("hyp_tokens").to_pylist() if kd else None,
+                 hyp_logps=rows.column("hyp_logp").to_pylist() if kd else None)
 
 
 def frame_budget_batches(n_frames: list[int], max_frames: int) -> list[list[int]]:

@@ -1,9 +1,10 @@
 """The per-worker training loop that Ray Train's TorchTrainer runs on every worker.
 
-One loop trains teachers and baselines on ground truth (and, through `Objective`, students
-on pseudo labels). It is deterministic for a seed: batches come in manifest order cut into
-seeded length buckets, and the RNG is reseeded every step, so a run resumed from a
-checkpoint continues the exact loss curve of an uninterrupted one.
+One loop trains teachers and baselines on ground truth (`GroundTruth`) and students on the
+teacher's N-best (`trainer.distill.SequenceKD`, passed as the config's "objective"). It is
+deterministic for a seed: batches come in manifest order cut into seeded length buckets, and
+the RNG is reseeded every step, so a run resumed from a checkpoint continues the exact loss
+curve of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if not stopped:
             progress.epoch += 1
             progress.batch_in_epoch = 0
-        scores = dev.evaluate(core, objective, opt_cfg.dev_beam, device) if dev is not None else {}
+        scores = dev.evaluate(core, opt_cfg.dev_beam, device) if dev is not None else {}
         if scores:
             progress.history.append({"epoch": progress.epoch, "step": progress.step, **scores})
             if scores["dev_wer"] < progress.best_dev_wer:
@@ -218,8 +219,9 @@ class DevSet:
         self.batches: list[Batch] | None = None
 
     @torch.no_grad()
-    def evaluate(self, model: Seq2Seq, objective, beam: int, device: torch.device) -> dict[str, float]:
-        """Dev loss (teacher forcing) and WER/CER of a small joint CTC-attention beam search.
+    def evaluate(self, model: Seq2Seq, beam: int, device: torch.device) -> dict[str, float]:
+        """Dev loss (teacher forcing on the transcript, whatever the training targets) and WER/CER
+        of a small joint CTC-attention beam search.
 
         Joint decoding at the training CTC weight: a young attention decoder alone tends to loop
         until the length limit, and a dev WER of such loops would pick the wrong best bundle.
@@ -233,7 +235,7 @@ class DevSet:
         cfg = BeamConfig(beam=beam, ctc_weight=model.cfg.ctc_weight)
         for batch in self.batches:
             feats, lens = batch.feats.to(device), batch.lens.to(device)
-            loss_sum += float(objective.loss(model, feats, batch)["loss"]) * len(batch.utt_ids)
+            loss_sum += float(GroundTruth().loss(model, feats, batch)["loss"]) * len(batch.utt_ids)
             n += len(batch.utt_ids)
             enc, enc_lens = model.encode(feats, lens)
             for nbest, ref in zip(beam_search(model, enc, enc_lens, cfg), batch.texts):

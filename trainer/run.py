@@ -31,7 +31,7 @@ from common.audio import load_audio
 from common.corpora.manifest import iter_rows, read_table, shard_paths
 from common.features import CMVN, CMVNAccumulator, FeatureExtractor
 from common.tokenizer import Tokenizer
-from trainer.data import FrontEnd, feature_dataset, target_text
+from trainer.data import FrontEnd, PseudoLabels, feature_dataset, target_text
 from trainer.loop import FAIL_ENV, train_loop_per_worker
 from trainer.recipe import Recipe, recipe_from_dict
 
@@ -115,8 +115,12 @@ def estimate_cmvn(train_dir: Path, recipe: Recipe) -> CMVN:
 
 def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out: str | Path,
           resume: bool = False, objective: Any = None, tokenizer: Tokenizer | None = None,
-          extra_meta: dict | None = None) -> dict[str, Any]:
-    """Train with Ray Train on the cluster `ray.init` connected to; return the run summary."""
+          pseudo: PseudoLabels | None = None, extra_meta: dict | None = None) -> dict[str, Any]:
+    """Train with Ray Train on the cluster `ray.init` connected to; return the run summary.
+
+    Ground truth by default; sequence-level KD (trainer.distill) passes pseudo-label shards as
+    `train_dir`, the hypotheses to keep (`pseudo`), its `objective` and the teacher's tokenizer.
+    """
     paths = RunPaths(Path(out).resolve())
     train_dir = Path(train_dir)
     if paths.started() and not resume:
@@ -134,7 +138,7 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
     (paths.root / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     front = make_front_end(recipe, train_dir, paths, tokenizer)
 
-    datasets = {"train": feature_dataset([str(p) for p in shard_paths(train_dir)], front)}
+    datasets = {"train": feature_dataset([str(p) for p in shard_paths(train_dir)], front, pseudo)}
     if dev_dir is not None:
         datasets["dev"] = feature_dataset([str(p) for p in shard_paths(dev_dir)], front)
     use_gpu = recipe.scaling.use_gpu
@@ -166,7 +170,7 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
     with result.checkpoint.as_directory() as ckpt:
         best = Path(ckpt, "best")
         source = best if best.is_dir() else Path(ckpt, "bundle")
-        install_bundle(source, paths.bundle, {**summary, **(extra_meta or {})})
+        install_bundle(source, paths.bundle, {**summary, "targets": "gt", **(extra_meta or {})})
     summary["bundle"] = str(paths.bundle)
     return summary
 

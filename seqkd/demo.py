@@ -1,0 +1,239 @@
+"""`seqkd demo`: the whole system on one machine, stage by stage, each stage resumable.
+
+    data -> teacher (Ray Train) -> serve (Ray Serve, a few files over HTTP) -> label (Ray Data)
+         -> students on ground truth and by sequence-level KD (Ray Train) -> report
+
+Every stage leaves its result in OUT and a line in OUT/demo.json; a re-run reuses finished
+stages (a finished run directory holds bundle/, a started one is resumed). The settings were
+chosen on the dev split; the report scores the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from common.beam_search import BeamConfig
+from common.corpora.manifest import iter_rows
+from trainer.data import PseudoLabels
+from trainer.distill import SequenceKD
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes and budgets of one demo; `FULL` is `make demo`, `QUICK` is CI's smoke run."""
+
+    train: int
+    dev: int
+    test: int
+    teacher_epochs: int
+    student_epochs: int
+    students: tuple[str, ...]
+    max_steps: int | None = None            # caps every training run (quick mode)
+    label: BeamConfig = BeamConfig(beam=5, nbest=5, ctc_weight=0.3)
+    decode: BeamConfig = BeamConfig(beam=5, nbest=1, ctc_weight=0.3)
+    pseudo: PseudoLabels = PseudoLabels(k=5)
+    kd: SequenceKD = SequenceKD()
+    http_files: int = 3
+    seed: int = 0
+    teacher: str = "teacher"
+    extra: dict = field(default_factory=dict)
+
+
+FULL = DemoSettings(train=1500, dev=100, test=100, teacher_epochs=3, student_epochs=3,
+                    students=("student_medium", "student_small"))
+QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1,
+                     students=("student_small",), max_steps=4,
+                     label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3),
+                     decode=BeamConfig(beam=2, nbest=1, ctc_weight=0.3), pseudo=PseudoLabels(k=3),
+                     http_files=2)
+
+
+class Demo:
+    def __init__(self, out: str | Path, settings: DemoSettings, console: Console | None = None) -> None:
+        self.out, self.s = Path(out).resolve(), settings
+        self.console = console or Console()
+        self.log_path = self.out / "demo.json"
+        self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.exists() else {}
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def run(self) -> list:
+        import ray
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        began = time.perf_counter()
+        self.stage_data()
+        ray.init(address="local", num_cpus=None, include_dashboard=False, log_to_driver=False)
+        try:
+            teacher = self.stage_train(self.s.teacher, self.s.teacher_epochs)
+            self.stage_serve(teacher)
+            labels = self.stage_label(teacher)
+            runs = [teacher]
+            for student in self.s.students:
+                runs.append(self.stage_train(student, self.s.student_epochs, name=f"{student}_gt"))
+                runs.append(self.stage_distill(student, labels))
+            rows = self.stage_report(runs, teacher)
+        finally:
+            ray.shutdown()
+        self.record("total", {"seconds": round(time.perf_counter() - began, 1)})
+        self.console.print(f"[bold]demo finished in {time.perf_counter() - began:.0f} s[/]; "
+                           f"report in {self.out / 'report'}")
+        return rows
+
+    # ----------------------------------------------------------------------------- stages
+    def stage_data(self) -> None:
+        from seqkd.cli import main as cli
+
+        if all((self.data / split / "index.json").exists() for split in ("train", "dev", "test")):
+            self.say("data", "reusing the corpus in", self.data)
+            return
+        began = time.perf_counter()
+        code = cli(["prepare", "synth", "--out", str(self.data), "--train", str(self.s.train),
+                    "--dev", str(self.s.dev), "--test", str(self.s.test), "--seed", str(self.s.seed),
+                    "--shard-size", str(max(8, self.s.train // 4))])
+        if code:
+            raise SystemExit(code)
+        self.record("data", {"seconds": round(time.perf_counter() - began, 1),
+                             **{s: json.loads((self.data / s / "index.json").read_text())["utterances"]
+                                for s in ("train", "dev", "test")}})
+
+    def stage_train(self, recipe_name: str, epochs: int, name: str | None = None) -> Path:
+        from trainer.run import train
+
+        run_dir = self.out / "runs" / (name or recipe_name)
+        if (run_dir / "bundle").is_dir():
+            self.say(name or recipe_name, "reusing", run_dir / "bundle")
+            return run_dir
+        recipe = self.recipe(recipe_name, epochs)
+        began = time.perf_counter()
+        summary = train(recipe, self.data / "train", self.data / "dev", run_dir,
+                        resume=(run_dir / "ray").exists())
+        self.finish_run(name or recipe_name, run_dir, summary, began)
+        return run_dir
+
+    def stage_distill(self, recipe_name: str, labels: Path) -> Path:
+        from trainer.distill import distill
+
+        name = f"{recipe_name}_kd"
+        run_dir = self.out / "runs" / name
+        if (run_dir / "bundle").is_dir():
+            self.say(name, "reusing", run_dir / "bundle")
+            return run_dir
+        began = time.perf_counter()
+        summary = distill(self.recipe(recipe_name, self.s.student_epochs), labels, self.data / "dev",
+                          run_dir, self.s.pseudo, self.s.kd, resume=(run_dir / "ray").exists())
+        self.finish_run(name, run_dir, summary, began)
+        return run_dir
+
+    def stage_serve(self, teacher: Path) -> None:
+        """The teacher as a Serve deployment; a few test files POSTed to it over HTTP."""
+        from ray import serve
+
+        from services.teacher import Teacher
+
+        if "serve" in self.log:
+            self.say("serve", "done before:", self.log["serve"]["summary"])
+            return
+        port = _free_port()
+        began = time.perf_counter()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(Teacher.bind(bundle=str(teacher / "bundle")), name="teacher", route_prefix="/")
+            up = time.perf_counter() - began
+            rows = [r for _, r in zip(range(self.s.http_files), iter_rows(self.data / "test",
+                                                                          ["utt_id", "audio", "text"]))]
+            cfg = self.s.decode
+            url = f"http://127.0.0.1:{port}/v1/transcribe?beam={cfg.beam}&ctc_weight={cfg.ctc_weight}"
+            seconds = []
+            for row in rows:
+                sent = time.perf_counter()
+                request = urllib.request.Request(url, data=row["audio"],
+                                                 headers={"Content-Type": "audio/flac"})
+                with urllib.request.urlopen(request, timeout=120) as reply:
+                    answer = json.loads(reply.read())
+                seconds.append(time.perf_counter() - sent)
+                self.console.print(f"  POST {row['utt_id']}: [green]{answer['text']}[/]\n"
+                                   f"  {'reference':>{len(row['utt_id']) + 5}}: {row['text']}")
+        finally:
+            serve.shutdown()
+        summary = (f"{len(rows)} files over HTTP, mean latency {sum(seconds) / len(seconds):.2f} s, "
+                   f"deployment up in {up:.1f} s")
+        self.record("serve", {"summary": summary, "latency_s": seconds})
+
+    def stage_label(self, teacher: Path) -> Path:
+        import ray
+
+        from services.labeling import label
+
+        out = self.out / "labels" / "train"
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        summary = label(teacher / "bundle", self.data / "train", out, self.s.label,
+                        concurrency=max(1, cpus - 1), show_progress=self.console.is_terminal)
+        if summary.shards_done:
+            self.record("label", {"summary": summary.line(), **asdict(summary)})
+        else:
+            self.say("label", "reusing", out)
+        return out
+
+    def stage_report(self, runs: list[Path], teacher: Path) -> list:
+        from trainer.report import build_report, rich_table, write_report
+
+        began = time.perf_counter()
+        out = self.out / "report"
+        rows = build_report([r / "bundle" for r in runs], self.data / "test", self.s.decode, out,
+                            teacher=teacher / "bundle", console=self.console)
+        title = (f"seqkd demo: synthetic read news, {self.s.train} train utts, test "
+                 f"{self.s.test} utts, beam {self.s.decode.beam}")
+        write_report(rows, out, title)
+        self.console.print(rich_table(rows, title))
+        self.record("report", {"seconds": round(time.perf_counter() - began, 1),
+                               "rows": [asdict(r) for r in rows]})
+        return rows
+
+    # ----------------------------------------------------------------------------- helpers
+    def recipe(self, name: str, epochs: int):
+        from trainer.recipe import load_recipe
+
+        optim: dict[str, Any] = {"epochs": epochs}
+        if self.s.max_steps:
+            optim.update(max_steps=self.s.max_steps, log_every=1, checkpoint_every=1000)
+        return load_recipe(CONF / f"{name}.yaml", {"optim": optim})
+
+    def finish_run(self, name: str, run_dir: Path, summary: dict, began: float) -> None:
+        seconds = time.perf_counter() - began
+        self.record(name, {"seconds": round(seconds, 1), "run": str(run_dir), **summary})
+
+    def say(self, stage: str, *what: Any) -> None:
+        self.console.print(f"[bold]{stage}[/]:", *what)
+
+    def record(self, stage: str, facts: dict) -> None:
+        """One line per stage, in numbers, and the same facts in demo.json."""
+        self.log[stage] = facts
+        tmp = self.log_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.log, indent=2, default=str))
+        tmp.replace(self.log_path)
+        shown = facts.get("summary") or ", ".join(
+            f"{k} {v}" for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        self.say(stage, shown)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings(quick: bool, **changes: Any) -> DemoSettings:
+    return replace(QUICK if quick else FULL, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,63 @@
+"""`seqkd distill --config conf/student_X.yaml --labels L/train --dev D/dev --out RUN`:
+sequence-level KD of a student on the teacher's N-best, with Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seqkd.train_cmd import add_run_arguments, overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="student YAML recipe (conf/student_small.yaml, ...)")
+    p.add_argument("--labels", required=True, help="pseudo-label directory written by `seqkd label`")
+    p.add_argument("--dev", help="dev manifest directory (scored against its transcripts)")
+    p.add_argument("--out", required=True, help="run directory (bundle in RUN/bundle)")
+    add_kd_arguments(p)
+    add_run_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_kd_arguments(p: argparse.ArgumentParser) -> None:
+    """The KD settings (shared with `seqkd demo`)."""
+    p.add_argument("--k", type=int, default=5, help="top-k teacher hypotheses per utterance")
+    p.add_argument("--weights", choices=["uniform", "score"], default="uniform",
+                   help="weight per hypothesis: uniform, or softmax(teacher logp / temperature)")
+    p.add_argument("--temperature", type=float, default=1.0, help="temperature of --weights score")
+    p.add_argument("--gt-weight", type=float, default=0.0,
+                   help="share of the loss on the transcript, where there is one (0 = pure KD)")
+    p.add_argument("--max-wer", type=float, default=None,
+                   help="drop hypotheses whose WER against the transcript exceeds this (e.g. 0.5)")
+    p.add_argument("--ctc-target", choices=["1best", "transcript"], default="1best",
+                   help="what the CTC branch learns")
+
+
+def kd_settings(args: argparse.Namespace):
+    from trainer.data import PseudoLabels
+    from trainer.distill import SequenceKD
+
+    return (PseudoLabels(k=args.k, max_wer=args.max_wer),
+            SequenceKD(weights=args.weights, temperature=args.temperature,
+                       gt_weight=args.gt_weight, ctc_target=args.ctc_target))
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.config import ConfigError
+    from common.corpora.manifest import ManifestError
+    from seqkd.ray_connect import connect
+    from trainer.distill import distill
+    from trainer.recipe import load_recipe
+    from trainer.run import RunError
+
+    try:
+        pseudo, objective = kd_settings(args)
+        recipe = load_recipe(args.config, overrides(args))
+        connect(args.address, args.num_cpus)
+        summary = distill(recipe, args.labels, args.dev, args.out, pseudo, objective, args.resume)
+    except (ConfigError, ManifestError, RunError, ValueError) as exc:
+        print(f"seqkd distill: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

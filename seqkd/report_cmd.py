@@ -1,0 +1,38 @@
+"""`seqkd report RUN_OR_BUNDLE... --test D/test [--out DIR]`: the paper-style table and plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from seqkd.transcribe_cmd import add_beam_arguments, beam_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", nargs="+", help="model bundles or run directories (teacher and students)")
+    p.add_argument("--test", required=True, help="manifest directory every model is scored on")
+    p.add_argument("--teacher", help="the teacher's bundle (default: the one the KD students name, "
+                                     "else the largest)")
+    p.add_argument("--out", default="report", help="writes report.md, report.json, report.png here")
+    p.add_argument("--title", default="seqkd: teacher vs students", help="table and plot title")
+    add_beam_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from common.config import ConfigError
+    from common.corpora.manifest import ManifestError
+    from trainer.report import ReportError, build_report, rich_table, write_report
+
+    console = Console(stderr=True)
+    try:
+        rows = build_report(args.bundles, args.test, beam_config(args), args.out, args.teacher, console)
+    except (ConfigError, ManifestError, ReportError, ValueError) as exc:
+        print(f"seqkd report: {exc}", file=sys.stderr)
+        return 2
+    write_report(rows, args.out, args.title)
+    Console().print(rich_table(rows, args.title))
+    print(f"wrote {args.out}/report.md, report.json, report.png")
+    return 0

@@ -1,0 +1,137 @@
+"""Sequence-level knowledge distillation of a student: the same Ray Train run as ground-truth
+training, with the teacher's N-best as targets.
+
+The pseudo-label shards written by `seqkd label` are streamed as the training dataset; Ray
+Data keeps the top-k hypotheses of each utterance next to its features, and `SequenceKD` is
+the objective the training loop calls instead of `GroundTruth`. The student must speak the
+teacher's tokenizer (hypotheses are token ids), so the labels' tokenizer is the run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from common.corpora.manifest import shard_paths
+from common.kd_loss import hypothesis_weights, sequence_kd_loss
+from common.tokenizer import Tokenizer
+from services.labeling import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
+from trainer.data import Batch, PseudoLabels
+from trainer.recipe import Recipe
+from trainer.run import RunError, RunPaths, train
+
+
+@dataclass(frozen=True)
+class SequenceKD:
+    """The KD objective: weighted attention loss over each utterance's kept hypotheses.
+
+    `gt_weight` > 0 adds the transcript as one more target with that share of the weight
+    (where a transcript exists); CTC learns the teacher's 1-best or the transcript.
+    """
+
+    weights: str = "uniform"          # or "score": softmax(teacher logp / temperature)
+    temperature: float = 1.0
+    gt_weight: float = 0.0
+    ctc_target: str = "1best"         # or "transcript" (falls back to the 1-best without one)
+
+    def __post_init__(self) -> None:
+        hypothesis_weights([0.0], self.weights, self.temperature)   # validates mode and temperature
+        if not 0.0 <= self.gt_weight <= 1.0:
+            raise ValueError(f"gt_weight must be in [0, 1], not {self.gt_weight}")
+        if self.ctc_target not in ("1best", "transcript"):
+            raise ValueError(f"ctc_target must be '1best' or 'transcript', not {self.ctc_target!r}")
+
+    def targets(self, batch: Batch) -> tuple[list[list[list[int]]], list[list[float]], list[list[int]]]:
+        """Per utterance: its target token lists, their weights (summing to 1), its CTC target."""
+        if batch.hyps is None or batch.hyp_logps is None:
+            raise ValueError("sequence-level KD needs pseudo-labelled rows (hyp_tokens, hyp_logp)")
+        hyps, weights, ctc = [], [], []
+        for hyp, logp, truth in zip(batch.hyps, batch.hyp_logps, batch.targets):
+            a = hypothesis_weights(logp, self.weights, self.temperature)
+            if self.gt_weight > 0 and truth:
+                hyp, a = [*hyp, truth], [(1 - self.gt_weight) * x for x in a] + [self.gt_weight]
+            hyps.append(hyp)
+            weights.append(a)
+            ctc.append(truth if self.ctc_target == "transcript" and truth else hyp[0])
+        return hyps, weights, ctc
+
+    def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        hyps, weights, ctc = self.targets(batch)
+        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc)
+        tokens = sum(w * (len(t) + 1) for ts, ws in zip(hyps, weights) for t, w in zip(ts, ws))
+        return {**out, "att_per_token": out["att"] * len(hyps) / tokens,
+                "targets_per_utt": torch.tensor(sum(map(len, hyps)) / len(hyps))}
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A directory of pseudo-label shards, checked: who labelled it, with which tokenizer."""
+
+    path: Path
+    teacher_id: str
+    decode: dict
+    tokenizer: Tokenizer
+
+
+def open_labels(path: str | Path) -> Labels:
+    """Check a labels directory before any work starts; every refusal says what to do."""
+    path = Path(path)
+    index_path = path / LABELS_INDEX
+    shards = shard_paths(path)
+    if not index_path.exists():
+        raise RunError(f"{path} has no {LABELS_INDEX}: these are not pseudo labels "
+                       f"(make them with `seqkd label TEACHER --data ... --out {path}`)")
+    missing = [s.name for s in shards if "hyps" not in pq.read_schema(s).names]
+    if missing:
+        raise RunError(f"{path}: shard {missing[0]} has no `hyps` column: not pseudo labels "
+                       f"(make them with `seqkd label`)")
+    index = json.loads(index_path.read_text())
+    tok_path = path / LABELS_TOKENIZER
+    if not tok_path.exists() or "tokenizer_sha256" not in index:
+        raise RunError(f"{path}: the labels do not record the teacher's tokenizer; "
+                       f"label again with this version of `seqkd label`")
+    proto = tok_path.read_bytes()
+    if hashlib.sha256(proto).hexdigest() != index["tokenizer_sha256"]:
+        raise RunError(f"{tok_path} is not the tokenizer the labels were made with "
+                       f"(its sha256 differs from {LABELS_INDEX})")
+    return Labels(path, index["teacher_id"], index["decode"], Tokenizer(proto))
+
+
+def check_tokenizer(labels: Labels, recipe: Recipe, run_dir: Path) -> None:
+    """The student's token ids must mean what the teacher's do."""
+    teacher = labels.tokenizer
+    if recipe.tokenizer.vocab_size != teacher.vocab_size:
+        raise RunError(
+            f"the student recipe asks for a {recipe.tokenizer.vocab_size}-token tokenizer, but the "
+            f"labels in {labels.path} were made by teacher {labels.teacher_id} with "
+            f"{teacher.vocab_size} tokens: a student must use its teacher's tokenizer "
+            f"(set tokenizer.vocab_size: {teacher.vocab_size} in the recipe)")
+    own = RunPaths(run_dir).frontend / "tokenizer.model"
+    if own.exists() and own.read_bytes() != teacher.proto:
+        raise RunError(f"{run_dir} was started with another tokenizer than the one of the labels in "
+                       f"{labels.path}: resume with the same labels, or choose a new --out")
+
+
+def distill(recipe: Recipe, labels_dir: str | Path, dev_dir: str | Path | None, out: str | Path,
+            pseudo: PseudoLabels, objective: SequenceKD, resume: bool = False) -> dict[str, Any]:
+    """Train `recipe` on the teacher's N-best in `labels_dir` with Ray Train; return the summary."""
+    if pseudo.k < 1:
+        raise RunError(f"--k must be at least 1, not {pseudo.k}")
+    labels = open_labels(labels_dir)
+    check_tokenizer(labels, recipe, Path(out))
+    nbest = labels.decode.get("nbest")
+    if nbest is not None and pseudo.k > nbest:
+        raise RunError(f"--k {pseudo.k} asks for more hypotheses than the labels hold "
+                       f"(labelled with nbest {nbest})")
+    kd = {"targets": "kd", "teacher_id": labels.teacher_id, "k": pseudo.k, "max_wer": pseudo.max_wer,
+          "weights": objective.weights, "temperature": objective.temperature,
+          "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target}
+    summary = train(recipe, labels.path, dev_dir, out, resume=resume, objective=objective,
+                    tokenizer=labels.tokenizer, pseudo=pseudo, extra_meta=kd)
+    return {**summary, **kd}
