@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_model
 
 BLANK_ID, UNK_ID, EOS_ID = 0, 1, 2
 SOS_ID = EOS_ID
@@ -54,6 +55,13 @@ class Tokenizer:
         except RuntimeError as exc:
             raise TokenizerError(f"sentencepiece training failed: {exc}") from None
         return cls(buf.getvalue())
+
+    @property
+    def model_type(self) -> str:
+        """unigram, bpe, char or word: how the model was trained (from its proto)."""
+        spec = sp_model.ModelProto()
+        spec.ParseFromString(self.proto)
+        return sp_model.TrainerSpec.ModelType.Name(spec.trainer_spec.model_type).lower()
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":

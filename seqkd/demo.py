@@ -24,6 +24,7 @@ from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows
 from trainer.data import PseudoLabels
 from trainer.distill import SequenceKD
+from trainer.report import wide_console
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -39,14 +40,13 @@ class DemoSettings:
     student_epochs: int
     students: tuple[str, ...]
     max_steps: int | None = None            # caps every training run (quick mode)
-    label: BeamConfig = BeamConfig(beam=5, nbest=5, ctc_weight=0.3)
-    decode: BeamConfig = BeamConfig(beam=5, nbest=1, ctc_weight=0.3)
+    label: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=5, ctc_weight=0.3))
+    decode: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=1, ctc_weight=0.3))
     pseudo: PseudoLabels = PseudoLabels(k=5)
     kd: SequenceKD = SequenceKD()
     http_files: int = 3
     seed: int = 0
     teacher: str = "teacher"
-    extra: dict = field(default_factory=dict)
 
 
 FULL = DemoSettings(train=1500, dev=100, test=100, teacher_epochs=3, student_epochs=3,
@@ -61,7 +61,7 @@ QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1
 class Demo:
     def __init__(self, out: str | Path, settings: DemoSettings, console: Console | None = None) -> None:
         self.out, self.s = Path(out).resolve(), settings
-        self.console = console or Console()
+        self.console = console or wide_console()
         self.log_path = self.out / "demo.json"
         self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.exists() else {}
 
@@ -81,8 +81,9 @@ class Demo:
             self.stage_serve(teacher)
             labels = self.stage_label(teacher)
             runs = [teacher]
-            for student in self.s.students:
-                runs.append(self.stage_train(student, self.s.student_epochs, name=f"{student}_gt"))
+            for student in self.s.students:   # both on the teacher's tokenizer: only targets differ
+                runs.append(self.stage_train(student, self.s.student_epochs, name=f"{student}_gt",
+                                             tokenizer=labels / "tokenizer.model"))
                 runs.append(self.stage_distill(student, labels))
             rows = self.stage_report(runs, teacher)
         finally:
@@ -109,7 +110,9 @@ class Demo:
                              **{s: json.loads((self.data / s / "index.json").read_text())["utterances"]
                                 for s in ("train", "dev", "test")}})
 
-    def stage_train(self, recipe_name: str, epochs: int, name: str | None = None) -> Path:
+    def stage_train(self, recipe_name: str, epochs: int, name: str | None = None,
+                    tokenizer: Path | None = None) -> Path:
+        from common.tokenizer import Tokenizer
         from trainer.run import train
 
         run_dir = self.out / "runs" / (name or recipe_name)
@@ -119,7 +122,8 @@ class Demo:
         recipe = self.recipe(recipe_name, epochs)
         began = time.perf_counter()
         summary = train(recipe, self.data / "train", self.data / "dev", run_dir,
-                        resume=(run_dir / "ray").exists())
+                        resume=(run_dir / "ray").exists(),
+                        tokenizer=Tokenizer.load(tokenizer) if tokenizer else None)
         self.finish_run(name or recipe_name, run_dir, summary, began)
         return run_dir
 

@@ -47,13 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
-    from trainer.distill import distill
+    from trainer.distill import distill, open_labels
     from trainer.recipe import load_recipe
     from trainer.run import RunError
 
     try:
         pseudo, objective = kd_settings(args)
         recipe = load_recipe(args.config, overrides(args))
+        open_labels(args.labels)   # refuse what is not pseudo labels before starting Ray
         connect(args.address, args.num_cpus)
         summary = distill(recipe, args.labels, args.dev, args.out, pseudo, objective, args.resume)
     except (ConfigError, ManifestError, RunError, ValueError) as exc:

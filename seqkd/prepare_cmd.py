@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--dev", type=int, default=200)
     s.add_argument("--test", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-words", type=int, default=None,
+                   help="speak windows of 2..N words of each sentence (short utterances)")
     _add_writer_options(s)
     s.set_defaults(run=run_synth)
 
@@ -73,7 +75,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     counts = {"train": args.train, "dev": args.dev, "test": args.test}
     try:
-        jobs = plan({k: v for k, v in counts.items() if v > 0}, args.seed)
+        jobs = plan({k: v for k, v in counts.items() if v > 0}, args.seed, max_words=args.max_words)
     except SynthError as exc:
         print(f"seqkd prepare synth: {exc}", file=sys.stderr)
         return 2

@@ -20,19 +20,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
-    from trainer.report import ReportError, build_report, rich_table, write_report
+    from trainer.report import ReportError, build_report, rich_table, wide_console, write_report
 
-    console = Console(stderr=True)
+    console = wide_console(stderr=True)
     try:
         rows = build_report(args.bundles, args.test, beam_config(args), args.out, args.teacher, console)
     except (ConfigError, ManifestError, ReportError, ValueError) as exc:
         print(f"seqkd report: {exc}", file=sys.stderr)
         return 2
     write_report(rows, args.out, args.title)
-    Console().print(rich_table(rows, args.title))
+    wide_console().print(rich_table(rows, args.title))
     print(f"wrote {args.out}/report.md, report.json, report.png")
     return 0

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.slow
 DECODE = BeamConfig(beam=4, nbest=3, ctc_weight=0.3)
 
 
-def student_recipe(vocab_size: int, **optim):
+def student_recipe(vocab_size: int, model_type: str = "char", **optim):
     data = json.loads(json.dumps(TINY))
-    data["tokenizer"] = {"model_type": "char", "vocab_size": vocab_size}
+    data["tokenizer"] = {"model_type": model_type, "vocab_size": vocab_size}
     data["optim"].update({"max_steps": 6, "checkpoint_every": 100, **optim})
     return recipe_from_dict(data)
 
@@ -66,8 +66,9 @@ def test_student_trains_on_the_teachers_nbest(kd_run, tiny_bundle):
 
 def test_refuses_a_student_with_another_tokenizer(labels, synth_corpus, tiny_bundle, tmp_path):
     vocab = load_bundle(tiny_bundle[0]).tokenizer.vocab_size
-    with pytest.raises(RunError, match="must use its teacher's tokenizer"):
-        distill(student_recipe(vocab + 7), labels, None, tmp_path / "run", PseudoLabels(), SequenceKD())
+    for recipe in (student_recipe(vocab - 1), student_recipe(vocab + 50, model_type="unigram")):
+        with pytest.raises(RunError, match="must use its teacher's tokenizer"):
+            distill(recipe, labels, None, tmp_path / "run", PseudoLabels(), SequenceKD())
     assert not (tmp_path / "run").exists()
 
 

@@ -104,14 +104,16 @@ def open_labels(path: str | Path) -> Labels:
 
 
 def check_tokenizer(labels: Labels, recipe: Recipe, run_dir: Path) -> None:
-    """The student's token ids must mean what the teacher's do."""
-    teacher = labels.tokenizer
-    if recipe.tokenizer.vocab_size != teacher.vocab_size:
+    """The student's token ids must mean what the teacher's do: it uses the teacher's tokenizer,
+    which must be one the student's recipe describes (same kind, no more tokens than it allows)."""
+    teacher, wanted = labels.tokenizer, recipe.tokenizer
+    if teacher.model_type != wanted.model_type or teacher.vocab_size > wanted.vocab_size:
         raise RunError(
-            f"the student recipe asks for a {recipe.tokenizer.vocab_size}-token tokenizer, but the "
-            f"labels in {labels.path} were made by teacher {labels.teacher_id} with "
-            f"{teacher.vocab_size} tokens: a student must use its teacher's tokenizer "
-            f"(set tokenizer.vocab_size: {teacher.vocab_size} in the recipe)")
+            f"the student recipe asks for a {wanted.model_type} tokenizer of <= {wanted.vocab_size} "
+            f"tokens, but the labels in {labels.path} were made by teacher {labels.teacher_id} with a "
+            f"{teacher.model_type} tokenizer of {teacher.vocab_size}: a student must use its teacher's "
+            f"tokenizer (set tokenizer: {{model_type: {teacher.model_type}, vocab_size: "
+            f"{teacher.vocab_size}}} in the recipe)")
     own = RunPaths(run_dir).frontend / "tokenizer.model"
     if own.exists() and own.read_bytes() != teacher.proto:
         raise RunError(f"{run_dir} was started with another tokenizer than the one of the labels in "

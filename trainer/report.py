@@ -116,6 +116,12 @@ def _teacher(bundles: list[Path], metas: dict, ids: dict, named: str | Path | No
     return max(bundles, key=lambda b: (b / "model.safetensors").stat().st_size)
 
 
+def wide_console(stderr: bool = False) -> Console:
+    """The terminal's console, or a 140-column one for logs and pipes (rich squeezes tables to 80)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=140)
+
+
 def _pct(x: float | None, signed: bool = False) -> str:
     return "" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.2f}")
 
