@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-weight models of both families, and real espeak-ng speech."""
+"""Shared fixtures: tiny random-weight models of each family, and real espeak-ng speech."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ from common.tokenizer import Tokenizer
 FAMILIES = {
     "pblstm-lstm": {
         "encoder": {"type": "pblstm", "hidden": 32, "layers": 2, "subsample": [2, 2], "proj": 32},
+        "decoder": {"type": "lstm", "embed": 16, "hidden": 32, "att_dim": 32,
+                    "att_conv_channels": 4, "att_conv_kernel": 5},
+    },
+    "stacked-pblstm-lstm": {   # low frame rate input: 2 frames stacked before the first layer
+        "encoder": {"type": "pblstm", "hidden": 32, "layers": 2, "subsample": [1, 2], "proj": 32,
+                    "stack": 2},
         "decoder": {"type": "lstm", "embed": 16, "hidden": 32, "att_dim": 32,
                     "att_conv_channels": 4, "att_conv_kernel": 5},
     },

@@ -18,8 +18,11 @@ class PBLSTMConfig:
     subsample: list[int] = field(default_factory=lambda: [1, 2, 2])  # per layer: 1 or 2
     proj: int = 256               # projection after each layer (ESPnet's blstmp)
     dropout: float = 0.0
+    stack: int = 1                # input frames concatenated before the first layer (time / stack)
 
     def validate(self) -> None:
+        if self.stack < 1:
+            raise ValueError("stack must be >= 1")
         if len(self.subsample) != self.layers:
             raise ValueError(f"subsample has {len(self.subsample)} entries for {self.layers} layers")
         if any(s not in (1, 2) for s in self.subsample):
