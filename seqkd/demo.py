@@ -36,9 +36,10 @@ class DemoSettings:
     train: int
     dev: int
     test: int
-    teacher_epochs: int
-    student_epochs: int
     students: tuple[str, ...]
+    max_words: int = 6                      # short phrases: attention aligns within minutes
+    teacher_epochs: int | None = None       # None: the recipe's
+    student_epochs: int | None = None
     max_steps: int | None = None            # caps every training run (quick mode)
     label: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=5, ctc_weight=0.3))
     decode: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=1, ctc_weight=0.3))
@@ -49,8 +50,7 @@ class DemoSettings:
     teacher: str = "teacher"
 
 
-FULL = DemoSettings(train=1500, dev=100, test=100, teacher_epochs=3, student_epochs=3,
-                    students=("student_medium", "student_small"))
+FULL = DemoSettings(train=2400, dev=150, test=150, students=("student_small",))
 QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1,
                      students=("student_small",), max_steps=4,
                      label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3),
@@ -103,14 +103,14 @@ class Demo:
         began = time.perf_counter()
         code = cli(["prepare", "synth", "--out", str(self.data), "--train", str(self.s.train),
                     "--dev", str(self.s.dev), "--test", str(self.s.test), "--seed", str(self.s.seed),
-                    "--shard-size", str(max(8, self.s.train // 4))])
+                    "--max-words", str(self.s.max_words), "--shard-size", str(max(8, self.s.train // 4))])
         if code:
             raise SystemExit(code)
         self.record("data", {"seconds": round(time.perf_counter() - began, 1),
                              **{s: json.loads((self.data / s / "index.json").read_text())["utterances"]
                                 for s in ("train", "dev", "test")}})
 
-    def stage_train(self, recipe_name: str, epochs: int, name: str | None = None,
+    def stage_train(self, recipe_name: str, epochs: int | None, name: str | None = None,
                     tokenizer: Path | None = None) -> Path:
         from common.tokenizer import Tokenizer
         from trainer.run import train
@@ -207,7 +207,7 @@ class Demo:
         return rows
 
     # ----------------------------------------------------------------------------- helpers
-    def recipe(self, name: str, epochs: int):
+    def recipe(self, name: str, epochs: int | None):
         from trainer.recipe import load_recipe
 
         optim: dict[str, Any] = {"epochs": epochs}
