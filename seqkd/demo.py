@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -115,31 +115,17 @@ class Demo:
         from common.tokenizer import Tokenizer
         from trainer.run import train
 
-        run_dir = self.out / "runs" / (name or recipe_name)
-        if (run_dir / "bundle").is_dir():
-            self.say(name or recipe_name, "reusing", run_dir / "bundle")
-            return run_dir
         recipe = self.recipe(recipe_name, epochs)
-        began = time.perf_counter()
-        summary = train(recipe, self.data / "train", self.data / "dev", run_dir,
-                        resume=(run_dir / "ray").exists(),
-                        tokenizer=Tokenizer.load(tokenizer) if tokenizer else None)
-        self.finish_run(name or recipe_name, run_dir, summary, began)
-        return run_dir
+        return self.run_once(name or recipe_name, lambda run_dir, resume: train(
+            recipe, self.data / "train", self.data / "dev", run_dir, resume=resume,
+            tokenizer=Tokenizer.load(tokenizer) if tokenizer else None))
 
     def stage_distill(self, recipe_name: str, labels: Path) -> Path:
         from trainer.distill import distill
 
-        name = f"{recipe_name}_kd"
-        run_dir = self.out / "runs" / name
-        if (run_dir / "bundle").is_dir():
-            self.say(name, "reusing", run_dir / "bundle")
-            return run_dir
-        began = time.perf_counter()
-        summary = distill(self.recipe(recipe_name, self.s.student_epochs), labels, self.data / "dev",
-                          run_dir, self.s.pseudo, self.s.kd, resume=(run_dir / "ray").exists())
-        self.finish_run(name, run_dir, summary, began)
-        return run_dir
+        recipe = self.recipe(recipe_name, self.s.student_epochs)
+        return self.run_once(f"{recipe_name}_kd", lambda run_dir, resume: distill(
+            recipe, labels, self.data / "dev", run_dir, self.s.pseudo, self.s.kd, resume=resume))
 
     def stage_serve(self, teacher: Path) -> None:
         """The teacher as a Serve deployment; a few test files POSTed to it over HTTP."""
@@ -215,9 +201,17 @@ class Demo:
             optim.update(max_steps=self.s.max_steps, log_every=1, checkpoint_every=1000)
         return load_recipe(CONF / f"{name}.yaml", {"optim": optim})
 
-    def finish_run(self, name: str, run_dir: Path, summary: dict, began: float) -> None:
-        seconds = time.perf_counter() - began
-        self.record(name, {"seconds": round(seconds, 1), "run": str(run_dir), **summary})
+    def run_once(self, name: str, run: Callable[[Path, bool], dict]) -> Path:
+        """A training stage: reuse a finished run, resume a started one, else start it."""
+        run_dir = self.out / "runs" / name
+        if (run_dir / "bundle").is_dir():
+            self.say(name, "reusing", run_dir / "bundle")
+            return run_dir
+        began = time.perf_counter()
+        summary = run(run_dir, (run_dir / "ray").exists())
+        self.record(name, {"seconds": round(time.perf_counter() - began, 1), "run": str(run_dir),
+                           **summary})
+        return run_dir
 
     def say(self, stage: str, *what: Any) -> None:
         self.console.print(f"[bold]{stage}[/]:", *what)
