@@ -7,6 +7,9 @@ the top `beam` are finished; the best `beam` others continue. An utterance is do
 it holds `beam` finished hypotheses or reaches its maximum length (then </s> is forced);
 done utterances are dropped from the batch (in groups, with the padding they leave behind)
 so that long utterances do not drag short ones along.
+With `topm` > 0 every hypothesis also carries, for each of its positions (its tokens and the
+final </s>), the attention decoder's top-M token ids and log-probabilities: the teacher's
+distributions that word-level KD trains a student on, kept where the search computes them.
 `common.beam_search_reference` implements the same rules one hypothesis at a time.
 """
 
@@ -32,6 +35,7 @@ class BeamConfig:
     length_penalty: float = 1.0    # ranking score = log p / (tokens incl. </s>) ** length_penalty
     max_len_ratio: float = 1.0     # at most ratio x encoder frames output tokens (at least 1)
     ctc_candidates: float = 1.5    # CTC scores the ceil(ratio x beam) best attention tokens per row
+    topm: int = 0                  # keep the decoder's top-M tokens per position (word-level KD)
 
     def validate(self) -> None:
         if self.beam < 1:
@@ -42,6 +46,8 @@ class BeamConfig:
             raise ValueError("ctc_weight must be in [0, 1]")
         if self.max_len_ratio <= 0:
             raise ValueError("max_len_ratio must be > 0")
+        if self.topm < 0:
+            raise ValueError("topm must be >= 0")
 
 
 @dataclass
@@ -50,6 +56,8 @@ class Hypothesis:
     logp: float                    # accumulated (joint) log-probability, </s> included
     score: float                   # length-normalised score used for ranking
     text: str = field(default="")
+    topm_ids: list[list[int]] | None = None      # per position (tokens + </s>): top-M token ids
+    topm_logp: list[list[float]] | None = None   # and their attention log-probabilities
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -98,6 +106,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
     scores = scores.view(-1)
     history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
     last = torch.full((batch * k,), SOS_ID, dtype=torch.long, device=device)
+    topm = min(cfg.topm, vocab)
+    top_ids = torch.zeros(batch * k, 0, topm, dtype=torch.long, device=device)   # (N, t, M)
+    top_lp = torch.zeros(batch * k, 0, topm, device=device)                      # (N, t, M)
     use_ctc = cfg.ctc_weight > 0
     if use_ctc:
         ctc_logp = model.ctc_log_probs(enc).index_select(0, rows)
@@ -109,6 +120,10 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
     while active.numel():
         n_utt = active.numel()
         att, new_state = model.decoder.step(last, state, memory)   # (N, V)
+        if topm:   # the decoder's own distribution, before the search masks or mixes it
+            step_lp, step_ids = att.topk(topm, dim=1)                    # (N, M)
+            top_lp = torch.cat([top_lp, step_lp.unsqueeze(1)], dim=1)    # (N, t + 1, M)
+            top_ids = torch.cat([top_ids, step_ids.unsqueeze(1)], dim=1)
         att[:, BLANK_ID] = NEG_INF
         if use_ctc:
             cand = pick_ctc_candidates(att, n_cand)                      # (N, C)
@@ -131,13 +146,15 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
         ends = is_eos & (torch.arange(2 * k, device=device) < k) & torch.isfinite(top_scores)
         ends &= ~done.index_select(0, active).unsqueeze(1)
         if bool(ends.any()):
-            _collect(finished, active, ends, src, top_scores, history, cfg)
+            _collect(finished, active, ends, src, top_scores, history, cfg,
+                     (top_ids, top_lp) if topm else None)
         keep = ~is_eos
         keep &= (keep.cumsum(1) <= k)
         new_rows, new_tok = src[keep], tok[keep]                   # (U * k,), utterance-major
         scores = top_scores[keep]
         state = select_rows(new_state, new_rows)
         history = torch.cat([history.index_select(0, new_rows), new_tok.unsqueeze(1)], dim=1)
+        top_ids, top_lp = top_ids.index_select(0, new_rows), top_lp.index_select(0, new_rows)
         last = new_tok
         if use_ctc:
             col = _candidate_column(cand, new_rows, new_tok)
@@ -154,6 +171,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
             active = active[live]
             memory, state = select_rows(memory, keep_rows), select_rows(state, keep_rows)
             scores, history, last = scores[keep_rows], history[keep_rows], last[keep_rows]
+            top_ids, top_lp = top_ids[keep_rows], top_lp[keep_rows]
             if use_ctc:
                 scorer = scorer.select_rows(keep_rows)
                 ctc_state = select_state(ctc_state, keep_rows)
@@ -187,12 +205,18 @@ def _candidate_column(cand: torch.Tensor, rows: torch.Tensor, tokens: torch.Tens
 
 def _collect(finished: list[list[Hypothesis]], active: torch.Tensor, ends: torch.Tensor,
              src: torch.Tensor, top_scores: torch.Tensor, history: torch.Tensor,
-             cfg: BeamConfig) -> None:
-    """Move hypotheses that just emitted </s> into their utterance's finished list, in rank order."""
+             cfg: BeamConfig, tops: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Move hypotheses that just emitted </s> into their utterance's finished list, in rank order.
+
+    `tops` (ids, log-probs), (N, t + 1, M): the rows' top-M per position, this step's included."""
     utts = ends.nonzero()[:, 0].tolist()
     logps = top_scores[ends].tolist()
-    prefixes = history.index_select(0, src[ends]).tolist()
-    for u, logp, prefix in zip(utts, logps, prefixes):
+    rows = src[ends]
+    prefixes = history.index_select(0, rows).tolist()
+    ids = tops[0].index_select(0, rows).tolist() if tops else [None] * len(utts)
+    lps = tops[1].index_select(0, rows).tolist() if tops else [None] * len(utts)
+    for u, logp, prefix, top_id, top_lp in zip(utts, logps, prefixes, ids, lps):
         finished[int(active[u])].append(
             Hypothesis(tokens=prefix, logp=logp,
-                       score=normalised(logp, len(prefix) + 1, cfg.length_penalty)))
+                       score=normalised(logp, len(prefix) + 1, cfg.length_penalty),
+                       topm_ids=top_id, topm_logp=top_lp))

@@ -8,11 +8,22 @@ The encoder runs once per utterance; its output rows are gathered by index for t
 hypotheses of each utterance, which then run through the decoder as extra rows of one batch
 (`Seq2Seq.forward` with `owner` and `weights`). The features are never copied, and one
 encoder pass serves all k targets.
+
+Word-level KD (Hinton et al. 2015; Kim & Rush 2016's word-KD) adds, along every hypothesis,
+
+    W * sum_u sum_k a_uk * sum_i T^2 KL(p_i^T || q_i^T) / U
+
+where p_i is the teacher decoder's distribution at position i of the hypothesis, stored by the
+labeling beam search as its top-M tokens (the mass outside them is dropped and the M kept
+probabilities renormalised, after the temperature), and q_i the student's full softmax at
+temperature T, read at those M tokens. A student that puts mass on tokens outside the teacher's
+top M is therefore pushed off them. The teacher never runs during student training.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -33,11 +44,57 @@ def hypothesis_weights(logps: list[float], mode: str = "uniform", temperature: f
     return [e / total for e in exp]
 
 
+@dataclass
+class SoftTargets:
+    """The teacher's top-M distribution at every decoder position of every target row."""
+
+    ids: torch.Tensor          # (N, L, M) token ids (anything at padded positions)
+    logp: torch.Tensor         # (N, L, M) teacher log-probabilities
+    rows: torch.Tensor         # (N,) bool: the rows that have teacher distributions
+    weight: float = 1.0        # W
+    temperature: float = 1.0   # T
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0 or self.weight < 0:
+            raise ValueError("word-level KD needs a temperature > 0 and a weight >= 0")
+
+
+def word_kd_divergence(logits: torch.Tensor, soft: SoftTargets, valid: torch.Tensor) -> torch.Tensor:
+    """logits (N, L, V) of the student, valid (N, L) positions -> (N,) sum over positions of
+    T^2 KL(teacher top-M, renormalised || student) at temperature T."""
+    t = soft.temperature
+    p_log = torch.log_softmax(soft.logp.float() / t, dim=-1)                         # (N, L, M)
+    q_log = torch.log_softmax(logits.float() / t, dim=-1).gather(-1, soft.ids)       # (N, L, M)
+    kl = (p_log.exp() * (p_log - q_log)).sum(-1) * (t * t)                           # (N, L)
+    mask = valid & soft.rows.unsqueeze(1)
+    return (kl * mask).sum(1)
+
+
+def soft_targets(rows: list[tuple[list[list[int]], list[list[float]]] | None], length: int,
+                 weight: float, temperature: float, device: torch.device) -> SoftTargets:
+    """Per target row, its (top-M ids, log-probs) per position, or None (e.g. a transcript row),
+    padded to `length` positions: the tensors `word_kd_divergence` reads."""
+    m = max((len(r[0][0]) for r in rows if r is not None and r[0]), default=1)
+    ids = torch.zeros(len(rows), length, m, dtype=torch.long)
+    logp = torch.zeros(len(rows), length, m)
+    has = torch.zeros(len(rows), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        n = len(row[0])
+        ids[i, :n] = torch.tensor(row[0], dtype=torch.long).view(n, m)
+        logp[i, :n] = torch.tensor(row[1], dtype=torch.float32).view(n, m)
+        has[i] = True
+    return SoftTargets(ids.to(device), logp.to(device), has.to(device), weight, temperature)
+
+
 def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Tensor,
                      hyps: list[list[list[int]]], weights: list[list[float]],
-                     ctc_targets: list[list[int]]) -> dict[str, torch.Tensor]:
+                     ctc_targets: list[list[int]],
+                     soft: SoftTargets | None = None) -> dict[str, torch.Tensor]:
     """feats (B, T, F), lens (B,); hyps[u] = the k_u token lists of utterance u, weights[u] their
-    a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript).
+    a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript); `soft`, the
+    teacher's top-M along every hypothesis row (word-level KD), rows in the same order.
 
     Goes through the model's `forward`, so a DDP-wrapped student synchronises its gradients.
     """
@@ -45,5 +102,5 @@ def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Te
         raise ValueError("every utterance needs at least one hypothesis")
     out = model(feats, lens, [t for h in hyps for t in h],
                 owner=[u for u, h in enumerate(hyps) for _ in h],
-                weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets)
-    return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach()}
+                weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets, soft=soft)
+    return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(), "kl": out.kl.detach()}

@@ -21,9 +21,14 @@ class NBestEntry:
     text: str
     tokens: list[int]
     logp: float
+    topm_ids: list[list[int]] | None = None      # with BeamConfig.topm: word-level KD targets
+    topm_logp: list[list[float]] | None = None
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "tokens": self.tokens, "logp": self.logp}
+        out = {"text": self.text, "tokens": self.tokens, "logp": self.logp}
+        if self.topm_ids is not None:
+            out.update(topm_ids=self.topm_ids, topm_logp=self.topm_logp)
+        return out
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Transcriber:
         return beam_search(model, enc, enc_lens, cfg)
 
     def _transcript(self, nbest: list[Hypothesis], duration: float, rtf: float) -> Transcript:
-        entries = [NBestEntry(self.bundle.tokenizer.decode(h.tokens), h.tokens, h.logp) for h in nbest]
+        entries = [NBestEntry(self.bundle.tokenizer.decode(h.tokens), h.tokens, h.logp, h.topm_ids,
+                              h.topm_logp) for h in nbest]
         return Transcript(text=entries[0].text, nbest=entries, duration_s=round(duration, 4),
                           rtf=round(rtf, 5))

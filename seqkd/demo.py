@@ -50,7 +50,7 @@ class DemoSettings:
     teacher: str = "teacher"
 
 
-FULL = DemoSettings(train=2400, dev=100, test=150, students=("student_small",))
+FULL = DemoSettings(train=2400, dev=200, test=500, students=("student_small",))
 QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1,
                      students=("student_small",), max_steps=4,
                      label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3),
@@ -196,7 +196,7 @@ class Demo:
     def recipe(self, name: str, epochs: int | None):
         from trainer.recipe import load_recipe
 
-        optim: dict[str, Any] = {"epochs": epochs}
+        optim: dict[str, Any] = {"epochs": epochs, "seed": self.s.seed}
         if self.s.max_steps:
             optim.update(max_steps=self.s.max_steps, log_every=1, checkpoint_every=1000)
         return load_recipe(CONF / f"{name}.yaml", {"optim": optim})

@@ -32,6 +32,14 @@ def add_kd_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop hypotheses whose WER against the transcript exceeds this (e.g. 0.5)")
     p.add_argument("--ctc-target", choices=["1best", "transcript"], default="1best",
                    help="what the CTC branch learns")
+    p.add_argument("--word-kd", type=float, default=0.0, metavar="W",
+                   help="add W x KL to the teacher's top-M distributions along each hypothesis "
+                        "(labels made with `seqkd label --topm M`; 0 = sequence-level only)")
+    p.add_argument("--kd-temperature", type=float, default=1.0, metavar="T",
+                   help="temperature of the word-level KL (the loss is scaled by T^2)")
+    p.add_argument("--expand", action="store_true",
+                   help="each hypothesis its own training example (the paper's protocol; an epoch "
+                        "is k x utterances) instead of k targets beside one encoder pass")
 
 
 def kd_settings(args: argparse.Namespace):
@@ -40,7 +48,8 @@ def kd_settings(args: argparse.Namespace):
 
     return (PseudoLabels(k=args.k, max_wer=args.max_wer),
             SequenceKD(weights=args.weights, temperature=args.temperature,
-                       gt_weight=args.gt_weight, ctc_target=args.ctc_target))
+                       gt_weight=args.gt_weight, ctc_target=args.ctc_target, word_kd=args.word_kd,
+                       kd_temperature=args.kd_temperature, expand=args.expand))
 
 
 def run(args: argparse.Namespace) -> int:

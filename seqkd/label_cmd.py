@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from seqkd.transcribe_cmd import add_beam_arguments, beam_config
 
@@ -14,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="manifest directory to label")
     p.add_argument("--out", required=True, help="pseudo-label directory (one shard per input shard)")
     add_beam_arguments(p, beam=10, nbest=5)
+    p.add_argument("--topm", type=int, default=8,
+                   help="keep the teacher's top-M token distribution per position, for "
+                        "`seqkd distill --word-kd` (0: keep none)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per map_batches call")
     p.add_argument("--concurrency", type=int, default=1, help="teacher actors (or Serve callers)")
     p.add_argument("--num-gpus-per-worker", type=float, default=0.0)
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print("seqkd label: give a teacher BUNDLE or --via-serve, not both or neither", file=sys.stderr)
         return 2
     try:
-        cfg = beam_config(args)
+        cfg = replace(beam_config(args), topm=args.topm)
         connect(args.address)
         summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,
                         args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty())

@@ -37,7 +37,11 @@ from common.metrics import error_rates
 
 log = logging.getLogger(__name__)
 
-HYP = pa.struct([("text", pa.string()), ("tokens", pa.list_(pa.int32())), ("logp", pa.float32())])
+# topm_ids / topm_logp (null unless labelled with --topm M): per position of the hypothesis (its
+# tokens, then </s>), the teacher decoder's M most likely token ids and their log-probabilities.
+HYP = pa.struct([("text", pa.string()), ("tokens", pa.list_(pa.int32())), ("logp", pa.float32()),
+                 ("topm_ids", pa.list_(pa.list_(pa.int32()))),
+                 ("topm_logp", pa.list_(pa.list_(pa.float16())))])
 LABEL_SCHEMA = SCHEMA.append(pa.field("hyps", pa.list_(HYP))) \
     .append(pa.field("teacher_id", pa.string())).append(pa.field("decode", pa.string()))
 INDEX = "labels.json"

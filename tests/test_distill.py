@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from common.beam_search import BeamConfig
+from common.audio import load_audio
 from common.bundle import bundle_id, load_bundle
+from common.corpora.manifest import iter_rows
 from services.labeling import label
 from tests.test_trainer import TINY
+from tests.test_word_kd import assert_top_m_matches, teacher_forced
 from trainer.data import Batch, FrontEnd, PseudoLabels, featurize
 from trainer.distill import SequenceKD, distill
 from trainer.recipe import recipe_from_dict
@@ -36,6 +41,15 @@ def student_recipe(vocab_size: int, model_type: str = "char", **optim):
 def labels(ray_local, synth_corpus, tiny_bundle, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kd") / "labels"
     label(tiny_bundle[0], synth_corpus[0] / "train", out, DECODE, batch_size=4, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def soft_labels(ray_local, synth_corpus, tiny_bundle, tmp_path_factory) -> Path:
+    """The same teacher's 2-best, with its top-4 distribution along every hypothesis."""
+    out = tmp_path_factory.mktemp("kd") / "soft_labels"
+    label(tiny_bundle[0], synth_corpus[0] / "train", out, replace(DECODE, nbest=2, topm=4), batch_size=4,
+          show_progress=False)
     return out
 
 
@@ -119,11 +133,12 @@ def test_max_wer_drops_hypotheses_far_from_the_transcript():
 def test_kd_targets_mix_in_the_transcript_and_pick_the_ctc_target():
     batch = Batch(utt_ids=["a", "b"], texts=["x", ""], feats=None, lens=None, targets=[[7, 8], []],
                   hyps=[[[1], [2]], [[3]]], hyp_logps=[[-1.0, -3.0], [-2.0]])
-    hyps, weights, ctc = SequenceKD(gt_weight=0.4, ctc_target="transcript").targets(batch)
+    hyps, weights, ctc, soft = SequenceKD(gt_weight=0.4, ctc_target="transcript").targets(batch)
     assert hyps == [[[1], [2], [7, 8]], [[3]]]
     assert weights[0] == pytest.approx([0.3, 0.3, 0.4]) and weights[1] == [1.0]
     assert ctc == [[7, 8], [3]]                     # no transcript: the 1-best
-    _, weights, ctc = SequenceKD(weights="score", temperature=1.0).targets(batch)
+    assert soft == [None, None, None, None]         # no top-M rows (and none for the transcript)
+    _, weights, ctc, _ = SequenceKD(weights="score", temperature=1.0).targets(batch)
     assert weights[0][0] > weights[0][1] and sum(weights[0]) == pytest.approx(1.0)
     assert ctc == [[1], [3]]
     with pytest.raises(ValueError, match="gt_weight"):
@@ -155,3 +170,35 @@ def test_report_table_roles_compression_and_cache(kd_run, tiny_bundle, synth_cor
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "evals").glob("*/result.json")}
     again = build_report([tiny_bundle[0], student], synth_corpus[0] / "test", cfg, tmp_path)
     assert again == rows and stamps == {p: p.stat().st_mtime_ns for p in stamps}   # cached, not re-decoded
+
+
+def test_stored_top_m_equals_the_teacher_forced_along_each_hypothesis(soft_labels, tiny_bundle):
+    """What the labeling beam search stored (float16) is the teacher decoder's distribution."""
+    teacher = load_bundle(tiny_bundle[0])
+    assert json.loads((soft_labels / "labels.json").read_text())["decode"]["topm"] == 4
+    rows = list(iter_rows(soft_labels))
+    assert rows and all(len(r["hyps"]) == 2 for r in rows)
+    for row in rows[:6]:
+        feats = teacher.features(load_audio(row["audio"])).unsqueeze(0)
+        for hyp in row["hyps"]:
+            with torch.no_grad():
+                ref = teacher_forced(teacher.model, feats, torch.tensor([feats.shape[1]]), hyp["tokens"])
+            assert_top_m_matches(hyp["topm_ids"], hyp["topm_logp"], ref, tol=2e-2)
+
+
+def test_word_kd_and_expand_train_a_student(soft_labels, tiny_bundle, tmp_path):
+    recipe = student_recipe(load_bundle(tiny_bundle[0]).tokenizer.vocab_size)
+    summary = distill(recipe, soft_labels, None, tmp_path / "run", PseudoLabels(k=2),
+                      SequenceKD(word_kd=1.0, kd_temperature=2.0, expand=True))
+    meta = load_bundle(tmp_path / "run" / "bundle").meta
+    assert summary["steps"] == 6 and meta["word_kd"] == 1.0 and meta["expand"] is True
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [m for m in steps if m["kind"] == "train"]
+    assert train_steps and all(m["kl"] > 0 and m["targets_per_utt"] == 1.0 for m in train_steps)
+
+
+def test_word_kd_refuses_labels_without_top_m(labels, tiny_bundle, tmp_path):
+    recipe = student_recipe(load_bundle(tiny_bundle[0]).tokenizer.vocab_size)
+    with pytest.raises(RunError, match="label again with `seqkd label --topm"):
+        distill(recipe, labels, None, tmp_path / "run", PseudoLabels(k=2), SequenceKD(word_kd=1.0))
+    assert not (tmp_path / "run").exists()

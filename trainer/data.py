@@ -14,7 +14,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,10 @@ FEATURE_SCHEMA = pa.schema([
 # Pseudo-labelled rows also carry the teacher's kept hypotheses (token ids, log-probabilities).
 KD_FEATURE_SCHEMA = FEATURE_SCHEMA.append(pa.field("hyp_tokens", pa.list_(pa.list_(pa.int32())))) \
     .append(pa.field("hyp_logp", pa.list_(pa.float32())))
+# ... and for word-level KD the teacher's top-M per position of each kept hypothesis.
+SOFT_FEATURE_SCHEMA = KD_FEATURE_SCHEMA \
+    .append(pa.field("hyp_topm_ids", pa.list_(pa.list_(pa.list_(pa.int32()))))) \
+    .append(pa.field("hyp_topm_logp", pa.list_(pa.list_(pa.list_(pa.float16())))))
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,13 @@ class PseudoLabels:
     against the transcript exceeds `max_wer` (distil-whisper's filter for hallucinations).
 
     The filter needs a transcript; utterances without one keep their top k unfiltered, which is
-    what makes KD useful on untranscribed audio.
+    what makes KD useful on untranscribed audio. `soft` also keeps the teacher's top-M
+    distributions along each kept hypothesis (word-level KD).
     """
 
     k: int = 5
     max_wer: float | None = None
+    soft: bool = False
 
     def select(self, transcript: str, hyps: list[dict]) -> list[dict]:
         kept = [h for h in hyps[: self.k] if h["tokens"]]
@@ -100,7 +106,7 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
     """
     extractor, tok = front.extractor(), tokenizer_of(front)
     limits = AudioLimits(max_duration_s=front.max_duration_s)
-    schema = FEATURE_SCHEMA if pseudo is None else KD_FEATURE_SCHEMA
+    schema = FEATURE_SCHEMA if pseudo is None else SOFT_FEATURE_SCHEMA if pseudo.soft else KD_FEATURE_SCHEMA
     rows: dict[str, list] = {name: [] for name in schema.names}
     all_hyps = table.column("hyps").to_pylist() if pseudo is not None else [None] * table.num_rows
     for utt_id, audio, text, hyps in zip(table.column("utt_id").to_pylist(),
@@ -130,6 +136,12 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
         if pseudo is not None:
             rows["hyp_tokens"].append([h["tokens"] for h in hyps])
             rows["hyp_logp"].append([h["logp"] for h in hyps])
+            if pseudo.soft:
+                if any(h.get("topm_ids") is None for h in hyps):
+                    raise ValueError(f"{utt_id}: the labels hold no top-M distributions for "
+                                     f"word-level KD (label with `seqkd label --topm M`)")
+                rows["hyp_topm_ids"].append([h["topm_ids"] for h in hyps])
+                rows["hyp_topm_logp"].append([h["topm_logp"] for h in hyps])
     return pa.Table.from_pydict(rows, schema=schema)
 
 
@@ -153,10 +165,18 @@ class Batch:
     targets: list[list[int]]                     # transcript tokens ([] where there is none)
     hyps: list[list[list[int]]] | None = None    # teacher hypotheses per utterance (KD rows)
     hyp_logps: list[list[float]] | None = None
+    # per utterance, per hypothesis: (top-M ids, top-M log-probs), each per position x M
+    hyp_topm: list[list[tuple[list[list[int]], list[list[float]]]]] | None = None
 
     @property
     def frames(self) -> int:
         return int(self.lens.sum())
+
+    def only_hypothesis(self, j: int) -> "Batch":
+        """The batch with hypothesis j of each utterance as its only target (`--expand`)."""
+        assert self.hyps is not None and self.hyp_logps is not None
+        return replace(self, hyps=[[h[j]] for h in self.hyps], hyp_logps=[[lp[j]] for lp in self.hyp_logps],
+                       hyp_topm=None if self.hyp_topm is None else [[t[j]] for t in self.hyp_topm])
 
 
 def collate(rows: pa.Table, n_mels: int) -> Batch:
@@ -165,11 +185,15 @@ def collate(rows: pa.Table, n_mels: int) -> Batch:
     for i, (blob, n) in enumerate(zip(rows.column("feats").to_pylist(), frames)):
         feats[i, :n] = torch.frombuffer(bytearray(blob), dtype=torch.float32).view(n, n_mels)
     kd = "hyp_tokens" in rows.column_names
+    soft = "hyp_topm_ids" in rows.column_names
+    topm = [list(zip(ids, lps)) for ids, lps in zip(rows.column("hyp_topm_ids").to_pylist(),
+                                                    rows.column("hyp_topm_logp").to_pylist())] \
+        if soft else None
     return Batch(utt_ids=rows.column("utt_id").to_pylist(), texts=rows.column("text").to_pylist(),
                  feats=feats, lens=torch.tensor(frames, dtype=torch.long),
                  targets=rows.column("tokens").to_pylist(),
                  hyps=rows.column("hyp_tokens").to_pylist() if kd else None,
-                 hyp_logps=rows.column("hyp_logp").to_pylist() if kd else None)
+                 hyp_logps=rows.column("hyp_logp").to_pylist() if kd else None, hyp_topm=topm)
 
 
 def frame_budget_batches(n_frames: list[int], max_frames: int) -> list[list[int]]:
@@ -195,3 +219,24 @@ def bucketed(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
         rng.shuffle(batches)
         for idx in batches:
             yield collate(pool.take(idx), n_mels)
+
+
+def expanded(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
+             rng: random.Random) -> Iterator[Batch]:
+    """The paper's protocol: each kept hypothesis is its own training example.
+
+    Pass j of a pool holds hypothesis j of every utterance that has one, cut into frame-budget
+    batches; the batches of all passes are shuffled together, so an epoch is k x utterances and
+    a batch never holds two hypotheses of one utterance. The features are not copied.
+    """
+    for pool in pools:
+        counts = [len(h) for h in pool.column("hyp_tokens").to_pylist()]
+        frames = pool.column("n_frames").to_pylist()
+        batches = []
+        for j in range(max(counts, default=0)):
+            have = [i for i, c in enumerate(counts) if c > j]
+            batches += [(j, [have[b] for b in idx])
+                        for idx in frame_budget_batches([frames[i] for i in have], max_frames)]
+        rng.shuffle(batches)
+        for j, idx in batches:
+            yield collate(pool.take(idx), n_mels).only_hypothesis(j)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import pyarrow.parquet as pq
 import torch
 
 from common.corpora.manifest import shard_paths
-from common.kd_loss import hypothesis_weights, sequence_kd_loss
+from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
 from common.tokenizer import Tokenizer
 from services.labeling import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
-from trainer.data import Batch, PseudoLabels
+from trainer.data import Batch, PseudoLabels, bucketed, expanded
 from trainer.recipe import Recipe
 from trainer.run import RunError, RunPaths, train
 
@@ -33,12 +34,18 @@ class SequenceKD:
 
     `gt_weight` > 0 adds the transcript as one more target with that share of the weight
     (where a transcript exists); CTC learns the teacher's 1-best or the transcript.
+    `word_kd` > 0 adds that times the KL to the teacher's stored top-M distributions along every
+    hypothesis (word-level KD, at `kd_temperature`); `expand` trains each hypothesis as its own
+    example (the paper's protocol) instead of all k beside one shared encoder pass.
     """
 
     weights: str = "uniform"          # or "score": softmax(teacher logp / temperature)
     temperature: float = 1.0
     gt_weight: float = 0.0
     ctc_target: str = "1best"         # or "transcript" (falls back to the 1-best without one)
+    word_kd: float = 0.0
+    kd_temperature: float = 1.0
+    expand: bool = False
 
     def __post_init__(self) -> None:
         hypothesis_weights([0.0], self.weights, self.temperature)   # validates mode and temperature
@@ -46,24 +53,39 @@ class SequenceKD:
             raise ValueError(f"gt_weight must be in [0, 1], not {self.gt_weight}")
         if self.ctc_target not in ("1best", "transcript"):
             raise ValueError(f"ctc_target must be '1best' or 'transcript', not {self.ctc_target!r}")
+        if self.word_kd < 0 or not self.kd_temperature > 0:
+            raise ValueError("word_kd must be >= 0 and kd_temperature > 0")
 
-    def targets(self, batch: Batch) -> tuple[list[list[list[int]]], list[list[float]], list[list[int]]]:
-        """Per utterance: its target token lists, their weights (summing to 1), its CTC target."""
+    def batches(self, pools, max_frames: int, n_mels: int, rng) -> Iterator[Batch]:
+        return (expanded if self.expand else bucketed)(pools, max_frames, n_mels, rng)
+
+    def targets(self, batch: Batch) -> tuple[list[list[list[int]]], list[list[float]], list[list[int]],
+                                             list]:
+        """Per utterance: its target token lists, their weights (summing to 1), its CTC target;
+        and per target row, the teacher's top-M along it (None for a transcript row)."""
         if batch.hyps is None or batch.hyp_logps is None:
             raise ValueError("sequence-level KD needs pseudo-labelled rows (hyp_tokens, hyp_logp)")
-        hyps, weights, ctc = [], [], []
-        for hyp, logp, truth in zip(batch.hyps, batch.hyp_logps, batch.targets):
+        if self.word_kd and batch.hyp_topm is None:
+            raise ValueError("word-level KD needs the teacher's top-M in the rows (PseudoLabels.soft)")
+        hyps, weights, ctc, soft = [], [], [], []
+        topms = batch.hyp_topm or [[None] * len(h) for h in batch.hyps]
+        for hyp, logp, truth, topm in zip(batch.hyps, batch.hyp_logps, batch.targets, topms):
             a = hypothesis_weights(logp, self.weights, self.temperature)
+            ctc.append(truth if self.ctc_target == "transcript" and truth else hyp[0])
+            soft += topm
             if self.gt_weight > 0 and truth:
                 hyp, a = [*hyp, truth], [(1 - self.gt_weight) * x for x in a] + [self.gt_weight]
+                soft.append(None)
             hyps.append(hyp)
             weights.append(a)
-            ctc.append(truth if self.ctc_target == "transcript" and truth else hyp[0])
-        return hyps, weights, ctc
+        return hyps, weights, ctc, soft
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        hyps, weights, ctc = self.targets(batch)
-        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc)
+        hyps, weights, ctc, soft = self.targets(batch)
+        length = max(len(t) for h in hyps for t in h) + 1
+        targets = soft_targets(soft, length, self.word_kd, self.kd_temperature, feats.device) \
+            if self.word_kd else None
+        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc, targets)
         tokens = sum(w * (len(t) + 1) for ts, ws in zip(hyps, weights) for t, w in zip(ts, ws))
         return {**out, "att_per_token": out["att"] * len(hyps) / tokens,
                 "targets_per_utt": torch.tensor(sum(map(len, hyps)) / len(hyps))}
@@ -131,9 +153,15 @@ def distill(recipe: Recipe, labels_dir: str | Path, dev_dir: str | Path | None, 
     if nbest is not None and pseudo.k > nbest:
         raise RunError(f"--k {pseudo.k} asks for more hypotheses than the labels hold "
                        f"(labelled with nbest {nbest})")
+    if objective.word_kd and not labels.decode.get("topm"):
+        raise RunError(f"--word-kd needs the teacher's top-M distributions, and the labels in "
+                       f"{labels.path} have none: label again with `seqkd label --topm 8`")
+    pseudo = replace(pseudo, soft=objective.word_kd > 0)
     kd = {"targets": "kd", "teacher_id": labels.teacher_id, "k": pseudo.k, "max_wer": pseudo.max_wer,
           "weights": objective.weights, "temperature": objective.temperature,
-          "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target}
+          "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target,
+          "word_kd": objective.word_kd, "kd_temperature": objective.kd_temperature,
+          "expand": objective.expand, "label_beam": labels.decode.get("beam")}
     summary = train(recipe, labels.path, dev_dir, out, resume=resume, objective=objective,
                     tokenizer=labels.tokenizer, pseudo=pseudo, extra_meta=kd)
     return {**summary, **kd}

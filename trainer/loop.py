@@ -107,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         pools = train_shard.iter_batches(batch_size=opt_cfg.bucket_utts, batch_format="pyarrow",
                                          prefetch_batches=2)
-        batches = bucketed(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
+        batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
         for _ in range(progress.batch_in_epoch):   # resuming mid-epoch: skip what was trained
             next(batches, None)
         for batch in _in_step(batches, world, device):
@@ -156,6 +156,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 class GroundTruth:
     """Joint CTC-attention loss on the human transcript."""
+
+    def batches(self, pools, max_frames: int, n_mels: int, rng: random.Random):
+        return bucketed(pools, max_frames, n_mels, rng)
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         out = model(feats, batch.lens.to(feats.device), batch.targets)

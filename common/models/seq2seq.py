@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.kd_loss import SoftTargets, word_kd_divergence
 from common.models.config import ModelConfig
 from common.models.conformer import ConformerEncoder
 from common.models.lstm_decoder import LSTMAttentionDecoder
@@ -30,6 +31,7 @@ class Losses:
     att: torch.Tensor
     ctc: torch.Tensor
     acc: float
+    kl: torch.Tensor        # word-level KD term (0 without soft targets)
 
 
 class Seq2Seq(nn.Module):
@@ -60,12 +62,14 @@ class Seq2Seq(nn.Module):
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]],
                 owner: list[int] | None = None, weights: list[float] | None = None,
-                ctc_targets: list[list[int]] | None = None) -> Losses:
+                ctc_targets: list[list[int]] | None = None, soft: SoftTargets | None = None) -> Losses:
         """Joint CTC-attention loss; `forward` so that DDP sees every training step.
 
         Ground truth: one target per utterance. Sequence-level KD: `targets` are hypotheses,
         `owner[i]` the utterance of hypothesis i and `weights[i]` its weight (summing to 1
         per utterance); the encoder runs once per utterance and its rows are gathered by index.
+        Word-level KD: `soft` holds the teacher's top-M along the target rows; its KL is
+        weighted like the rows' cross-entropy and added with weight `soft.weight`.
         """
         enc, enc_lens = self.encode(feats, lens)                                  # (B, T', D)
         if owner is None:
@@ -77,16 +81,19 @@ class Seq2Seq(nn.Module):
         ys_in, ys_out = decoder_io(targets, enc.device)
         logits = self.decoder(memory, ys_in)                                      # (N, L, V)
         per_seq = attention_loss(logits, ys_out, self.cfg.label_smoothing, reduction="none")
-        if weights is None:
-            att = per_seq.mean()
-        else:
-            a = torch.tensor(weights, device=enc.device, dtype=per_seq.dtype)
-            att = (a * per_seq).sum() / enc.shape[0]
+        valid = ys_out != IGNORE
+        a = None if weights is None else torch.tensor(weights, device=enc.device, dtype=per_seq.dtype)
+        att = per_seq.mean() if a is None else (a * per_seq).sum() / enc.shape[0]
         ctc = ctc_loss(self.ctc_log_probs(enc), enc_lens, targets if ctc_targets is None else ctc_targets)
         w = self.cfg.ctc_weight
-        valid = ys_out != IGNORE
+        loss = (1 - w) * att + w * ctc
+        kl = att.new_zeros(())
+        if soft is not None:
+            per_seq_kl = word_kd_divergence(logits, soft, valid)                # (N,)
+            kl = per_seq_kl.mean() if a is None else (a * per_seq_kl).sum() / enc.shape[0]
+            loss = loss + soft.weight * kl
         acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
-        return Losses(loss=(1 - w) * att + w * ctc, att=att, ctc=ctc, acc=acc)
+        return Losses(loss=loss, att=att, ctc=ctc, acc=acc, kl=kl)
 
 
 def decoder_io(targets: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
