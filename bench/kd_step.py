@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common.corpora.manifest import read_table
+from common.corpora.manifest import read_table, shard_paths
 from common.kd_loss import hypothesis_weights
 from common.models import Seq2Seq
 from trainer.data import Batch, PseudoLabels, bucketed, featurize, tokenizer_of
@@ -51,7 +51,7 @@ def main() -> None:
     recipe = load_recipe(args.config, {"optim": {"max_frames": args.max_frames}})
     labels = open_labels(args.labels)
     with tempfile.TemporaryDirectory() as tmp:
-        front = make_front_end(recipe, labels.path, RunPaths(Path(tmp)), labels.tokenizer)
+        front = make_front_end(recipe, shard_paths(labels.path), RunPaths(Path(tmp)), labels.tokenizer)
     table = featurize(read_table(labels.path, ["utt_id", "audio", "text", "hyps"]), front,
                       PseudoLabels(k=args.k))
     opt = recipe.optim

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common.corpora.manifest import read_table
+from common.corpora.manifest import read_table, shard_paths
 from common.features import SpecAugment
 from common.models import Seq2Seq
 from trainer.data import bucketed, featurize, tokenizer_of
@@ -48,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(1)   # a Ray Train worker gets one CPU, so one thread
 
     with tempfile.TemporaryDirectory() as tmp:
-        front = make_front_end(recipe, Path(args.data), RunPaths(Path(tmp, "plain")))
+        front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, "plain")))
         plain_s = plain_loop(recipe, front, Path(args.data), args.steps, args.skip)
 
         import ray

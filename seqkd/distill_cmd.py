@@ -12,7 +12,9 @@ from seqkd.train_cmd import add_run_arguments, overrides
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="student YAML recipe (conf/student_small.yaml, ...)")
-    p.add_argument("--labels", required=True, help="pseudo-label directory written by `seqkd label`")
+    p.add_argument("--labels", required=True, nargs="+",
+                   help="pseudo-label directories written by `seqkd label` (one teacher), e.g. "
+                        "L/train L/untranscribed")
     p.add_argument("--dev", help="dev manifest directory (scored against its transcripts)")
     p.add_argument("--out", required=True, help="run directory (bundle in RUN/bundle)")
     add_kd_arguments(p)
@@ -56,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
-    from trainer.distill import distill, open_labels
+    from trainer.distill import distill, open_all
     from trainer.recipe import load_recipe
     from trainer.run import RunError
 
     try:
         pseudo, objective = kd_settings(args)
         recipe = load_recipe(args.config, overrides(args))
-        open_labels(args.labels)   # refuse what is not pseudo labels before starting Ray
+        open_all(args.labels)   # refuse what is not pseudo labels before starting Ray
         connect(args.address, args.num_cpus)
         summary = distill(recipe, args.labels, args.dev, args.out, pseudo, objective, args.resume)
     except (ConfigError, ManifestError, RunError, ValueError) as exc:

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-words", type=int, default=None,
                    help="speak windows of 2..N words of each sentence (short utterances)")
+    s.add_argument("--untranscribed", type=int, default=0, metavar="N",
+                   help="N more utterances of the training speakers with an empty transcript "
+                        "(OUT/untranscribed: audio for the teacher to label)")
     _add_writer_options(s)
     s.set_defaults(run=run_synth)
 
@@ -73,7 +76,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from common.corpora.synth import SynthError, plan
     from common.corpora.writer import write_manifest
 
-    counts = {"train": args.train, "dev": args.dev, "test": args.test}
+    counts = {"train": args.train, "dev": args.dev, "test": args.test, "untranscribed": args.untranscribed}
     try:
         jobs = plan({k: v for k, v in counts.items() if v > 0}, args.seed, max_words=args.max_words)
     except SynthError as exc:

@@ -30,9 +30,18 @@ def test_quick_demo_reports_teacher_gt_and_kd_students(quick_demo):
         assert student["params"] == by_role["gt"]["params"] < teacher["params"]   # same recipe, smaller
         assert student["compression"] == pytest.approx(teacher["params"] / student["params"])
         assert 0 <= student["wer"] and 0 <= student["cer"]
-    assert by_role["kd"]["targets"].startswith("KD k=3")
+    kd, gt = by_role["kd"], by_role["gt"]
+    assert kd["targets"].startswith("KD k=3")
+    # the paired bootstrap against the GT twin: the difference is the two rows' WERs, inside its CI
+    assert kd["gt_twin"] == gt["name"]
+    assert kd["wer_diff_vs_gt"] == pytest.approx(kd["wer"] - gt["wer"], abs=1e-9)
+    assert kd["ci95"][0] <= kd["wer_diff_vs_gt"] <= kd["ci95"][1] and 0 < kd["p_value"] <= 1
+    assert gt["wer_diff_vs_gt"] is None and teacher["p_value"] is None
+    assert all(r["wer_ci95"][0] <= r["wer"] <= r["wer_ci95"][1] for r in rows)
+    assert kd["steps"] == gt["steps"] == 4 and kd["train_s"] > 0
+    assert (out / "report" / "dev_curves.png").stat().st_size > 1000
     md = (out / "report" / "report.md").read_text()
-    assert all(r["name"] in md for r in rows)
+    assert all(r["name"] in md for r in rows) and "GT twin [95% CI]" in md
     assert (out / "report" / "report.png").stat().st_size > 1000
     stages = json.loads((out / "demo.json").read_text())
     assert {"data", "teacher", "serve", "label", "report", "total"} <= stages.keys()

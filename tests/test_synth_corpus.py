@@ -86,3 +86,18 @@ def test_tokenizer_from_manifest(corpus, tmp_path):
         assert tok.decode(tok.encode(r["text"])) == r["text"]
     bad = seqkd("prepare", "tokenizer", "--manifest", str(tmp_path))
     assert bad.returncode == 2 and "no manifest shards" in bad.stderr
+
+
+def test_untranscribed_pool_leaves_the_other_splits_unchanged():
+    from common.corpora.synth import UNTRANSCRIBED, make_utterance, plan
+
+    counts = {"train": 40, "dev": 8, "test": 8}
+    base = plan(counts, seed=3, max_words=6)
+    more = plan({**counts, UNTRANSCRIBED: 12}, seed=3, max_words=6)
+    assert more[: len(base)] == base
+    extra = more[len(base):]
+    assert len(extra) == 12 and {j[0] for j in extra} == {UNTRANSCRIBED}
+    train_voices = {j[3] for j in base if j[0] == "train"}
+    assert {j[3] for j in extra} <= train_voices                       # the training speakers
+    utt = make_utterance(*extra[0], seed=3)
+    assert utt.text == "" and utt.duration_s > 0.3 and utt.split == UNTRANSCRIBED

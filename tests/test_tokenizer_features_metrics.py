@@ -7,7 +7,7 @@ import torch
 
 from common.audio import load_audio
 from common.features import CMVN, FeatureConfig, FeatureExtractor, SpecAugment, SpecAugmentConfig
-from common.metrics import error_rates, utterance_wer
+from common.metrics import bootstrap_wer, error_rates, utterance_errors, utterance_wer
 from common.tokenizer import BLANK_ID, EOS_ID, UNK_ID, Tokenizer, TokenizerError
 
 TEXTS = ["the company said its profit rose", "shares fell in heavy trading",
@@ -68,3 +68,30 @@ def test_error_rates_counts():
     assert utterance_wer("a b", "a b") == 0.0 and utterance_wer("a b", "") == 1.0
     with pytest.raises(ValueError):
         error_rates([""], ["x"])
+
+
+def test_paired_bootstrap_recomputes_the_corpus_wer_difference():
+    import random
+
+    rng = random.Random(0)
+    words = "stocks rose the bank cut rates oil prices fell markets were calm".split()
+    refs = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) for _ in range(300)]
+
+    def noisy(p: float) -> list[str]:
+        return [" ".join(w if rng.random() > p else rng.choice(words) for w in r.split()) for r in refs]
+
+    good, bad = noisy(0.05), noisy(0.3)
+    e_good, n = utterance_errors(refs, good)
+    e_bad, n_bad = utterance_errors(refs, bad)
+    assert n == n_bad and sum(n) == error_rates(refs, good).words
+    assert sum(e_good) / sum(n) == pytest.approx(error_rates(refs, good).wer)   # = the corpus WER
+    single = bootstrap_wer(e_good, n)
+    assert single.value == pytest.approx(error_rates(refs, good).wer)
+    assert single.ci95[0] < single.value < single.ci95[1]
+    diff = bootstrap_wer(e_good, n, e_bad)
+    assert diff.value == pytest.approx(error_rates(refs, good).wer - error_rates(refs, bad).wer)
+    assert diff.ci95[1] < 0 and diff.p_value == pytest.approx(1 / diff.resamples)
+    same = bootstrap_wer(e_good, n, e_good)
+    assert same.value == 0 and same.ci95 == (0.0, 0.0) and same.p_value == 1.0
+    with pytest.raises(ValueError, match="same utterances"):
+        bootstrap_wer(e_good, n, e_bad[:-1])

@@ -194,3 +194,17 @@ def test_resume_without_a_run_and_missing_data_are_clear(tmp_path):
         train(recipe, tmp_path, None, tmp_path / "run", resume=True)
     with pytest.raises(ValueError, match="no manifest shards"):
         train(recipe, tmp_path / "nowhere", None, tmp_path / "run2")
+
+
+def test_patience_stops_when_dev_wer_stops_improving(ray_local, synth_corpus, tmp_path):
+    """A learning rate too small to change the model: dev WER is the same every epoch, so with
+    patience 2 the run stops after epoch 3 (best at 1, no better at 2 and 3), not after 50."""
+    data, _ = synth_corpus
+    recipe = load_recipe(write_recipe(tmp_path, epochs=50, max_steps=None, lr=1e-12, patience=2,
+                                      log_every=4, checkpoint_every=1000))
+    summary = train(recipe, data / "train", data / "dev", tmp_path / "run")
+    assert summary["stopped_early"] is True and summary["epochs"] == 3
+    dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+           if "dev_wer" in line]
+    assert [m["epoch"] for m in dev] == [1, 2, 3] and len({m["dev_wer"] for m in dev}) == 1
+    assert json.loads((tmp_path / "run" / "bundle" / "meta.json").read_text())["step"] == dev[0]["step"]

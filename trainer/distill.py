@@ -142,12 +142,27 @@ def check_tokenizer(labels: Labels, recipe: Recipe, run_dir: Path) -> None:
                        f"{labels.path}: resume with the same labels, or choose a new --out")
 
 
-def distill(recipe: Recipe, labels_dir: str | Path, dev_dir: str | Path | None, out: str | Path,
+def open_all(dirs: list[str | Path]) -> Labels:
+    """Several label directories read as one training set (e.g. transcribed + untranscribed
+    audio): they must come from one teacher, one tokenizer and one set of decode settings."""
+    all_labels = [open_labels(d) for d in dirs]
+    first = all_labels[0]
+    for other in all_labels[1:]:
+        if (other.teacher_id, other.decode, other.tokenizer.proto) != \
+                (first.teacher_id, first.decode, first.tokenizer.proto):
+            raise RunError(f"{other.path} and {first.path} were labelled by different teachers or "
+                           f"settings: distil from one teacher's labels at a time")
+    return first
+
+
+def distill(recipe: Recipe, labels_dir: str | Path | list, dev_dir: str | Path | None, out: str | Path,
             pseudo: PseudoLabels, objective: SequenceKD, resume: bool = False) -> dict[str, Any]:
-    """Train `recipe` on the teacher's N-best in `labels_dir` with Ray Train; return the summary."""
+    """Train `recipe` on the teacher's N-best in `labels_dir` (one directory or a list) with Ray
+    Train; return the summary."""
     if pseudo.k < 1:
         raise RunError(f"--k must be at least 1, not {pseudo.k}")
-    labels = open_labels(labels_dir)
+    dirs = list(labels_dir) if isinstance(labels_dir, (list, tuple)) else [labels_dir]
+    labels = open_all(dirs)
     check_tokenizer(labels, recipe, Path(out))
     nbest = labels.decode.get("nbest")
     if nbest is not None and pseudo.k > nbest:
@@ -162,6 +177,6 @@ def distill(recipe: Recipe, labels_dir: str | Path, dev_dir: str | Path | None, 
           "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target,
           "word_kd": objective.word_kd, "kd_temperature": objective.kd_temperature,
           "expand": objective.expand, "label_beam": labels.decode.get("beam")}
-    summary = train(recipe, labels.path, dev_dir, out, resume=resume, objective=objective,
+    summary = train(recipe, dirs, dev_dir, out, resume=resume, objective=objective,
                     tokenizer=labels.tokenizer, pseudo=pseudo, extra_meta=kd)
     return {**summary, **kd}

@@ -45,6 +45,8 @@ class Progress:
     batch_in_epoch: int = 0         # batches of `epoch` already trained
     best_dev_wer: float = math.inf
     best_step: int = 0
+    best_epoch: int = 0
+    stopped_early: bool = False     # optim.patience epochs passed without a better dev WER
     history: list[dict] = field(default_factory=list)   # dev results per epoch
 
 
@@ -102,7 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         _report(metrics, name, core, front, progress, best_state, optimizer, schedule, scaler,
                 rank, config)
 
-    stopped = False
+    stopped = progress.stopped_early
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         pools = train_shard.iter_batches(batch_size=opt_cfg.bucket_utts, batch_format="pyarrow",
@@ -147,11 +149,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             progress.history.append({"epoch": progress.epoch, "step": progress.step, **scores})
             if scores["dev_wer"] < progress.best_dev_wer:
                 progress.best_dev_wer, progress.best_step = scores["dev_wer"], progress.step
+                progress.best_epoch = progress.epoch
                 best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+            elif opt_cfg.patience and progress.epoch - progress.best_epoch >= opt_cfg.patience:
+                progress.stopped_early = stopped = True
         checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **scores},
                    f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
-            "best_step": progress.best_step}
+            "best_step": progress.best_step, "stopped_early": progress.stopped_early}
 
 
 class GroundTruth:

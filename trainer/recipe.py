@@ -43,6 +43,7 @@ class OptimRecipe:
     log_every: int = 10                # steps between metric reports
     checkpoint_every: int = 500        # steps between mid-epoch checkpoints (and every epoch)
     dev_beam: int = 1                  # beam of the per-epoch dev WER (joint CTC at ctc_weight)
+    patience: int | None = None        # stop after this many epochs without a better dev WER
     seed: int = 0
 
     def validate(self) -> None:
@@ -52,6 +53,8 @@ class OptimRecipe:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError("patience must be >= 1 (or null: train every epoch)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError("lr must be a positive number")
 

@@ -4,6 +4,11 @@ Every bundle is decoded with the same beam settings on the same manifest. Evalua
 cached in OUT/evals/ under the bundle id, the test set and the settings, so a re-run (or a
 resumed demo) decodes only what changed. The teacher is named, or found as the bundle the KD
 students name as theirs, or else taken to be the largest model.
+
+A claim that a KD student beats its ground-truth twin (the GT student of the same recipe) comes
+with a paired bootstrap over the test utterances: the 95% interval of the WER difference and a
+p-value. Each row also says how long its model trained (steps, seconds), so equal-budget and
+converged comparisons can both be read.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from rich.table import Table
 
 from common.beam_search import BeamConfig
 from common.bundle import BundleError, bundle_id, find_bundle
+from common.metrics import bootstrap_wer, utterance_errors
 from trainer.evaluate import evaluate, write_evaluation
 
 ROLES = ("teacher", "gt", "kd")
@@ -39,6 +45,14 @@ class Row:
     rel_wer: float | None       # (wer - teacher wer) / teacher wer
     rtf: float
     bundle: str
+    recipe: str = ""
+    steps: int | None = None            # optimizer steps of the scored bundle's run
+    train_s: float | None = None        # its training time
+    wer_ci95: tuple[float, float] | None = None        # bootstrap 95% interval of the WER
+    gt_twin: str | None = None                         # KD rows: the GT student compared with
+    wer_diff_vs_gt: float | None = None                # WER - the twin's WER (negative: KD wins)
+    ci95: tuple[float, float] | None = None            # paired bootstrap 95% interval of that
+    p_value: float | None = None
 
 
 def run_name(bundle: Path) -> str:
@@ -56,19 +70,27 @@ def targets_label(meta: dict) -> str:
         extra.append(f"+GT {meta['gt_weight']}")
     if meta.get("max_wer") is not None:
         extra.append(f"WER<={meta['max_wer']}")
-    return f"KD k={meta.get('k')} " + " ".join(extra)
+    if meta.get("word_kd"):
+        extra.append(f"+word-KD {meta['word_kd']:g} T={meta.get('kd_temperature', 1):g}")
+    if meta.get("expand"):
+        extra.append("expanded")
+    beam = f" b={meta['label_beam']}" if meta.get("label_beam") else ""
+    return f"KD k={meta.get('k')}{beam} " + " ".join(extra)
 
 
-def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> dict:
-    """result.json of `bundle` on `test` (decoded now, or reused from an identical earlier run)."""
+def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[dict, dict]:
+    """result.json of `bundle` on `test` (decoded now, or reused from an identical earlier run)
+    and, per utterance id, its (word errors, reference words)."""
     key = hashlib.sha256(json.dumps([bundle_id(bundle), str(test.resolve()), asdict(cfg)])
                          .encode()).hexdigest()[:16]
     where = cache / f"{run_name(bundle)}-{key}"
-    if (where / "result.json").exists():
-        return json.loads((where / "result.json").read_text())
-    ev = evaluate(bundle, test, cfg, show_progress=False)
-    write_evaluation(ev, where)
-    return ev.result()
+    if not (where / "result.json").exists():
+        write_evaluation(evaluate(bundle, test, cfg, show_progress=False), where)
+    lines = [json.loads(line) for line in (where / "hyps.jsonl").read_text().splitlines()]
+    scored = [h for h in lines if h["ref"].strip()]
+    errors, words = utterance_errors([h["ref"] for h in scored], [h["hyp"] for h in scored])
+    per_utt = {h["utt_id"]: (e, n) for h, e, n in zip(scored, errors, words)}
+    return json.loads((where / "result.json").read_text()), per_utt
 
 
 def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out: str | Path,
@@ -86,9 +108,9 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
         raise ReportError(f"two bundles share a name ({names}): give each run its own directory")
     teacher_bundle = _teacher(bundles, metas, ids, teacher)
     cache, test = Path(out) / "evals", Path(test)
-    results = {}
+    results, per_utt = {}, {}
     for b in bundles:
-        results[b] = evaluation(b, test, cfg, cache)
+        results[b], per_utt[b] = evaluation(b, test, cfg, cache)
         if console:
             console.print(f"evaluated {run_name(b)}: WER {100 * results[b]['wer']:.2f}% "
                           f"CER {100 * results[b]['cer']:.2f}% RTF {results[b]['rtf']:.4f} "
@@ -98,12 +120,41 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
     for b in bundles:
         r, meta = results[b], metas[b]
         role = "teacher" if b == teacher_bundle else ("kd" if meta.get("targets") == "kd" else "gt")
+        errors, words = zip(*per_utt[b].values())
         rows.append(Row(name=run_name(b), role=role, targets=targets_label(meta), params=r["params"],
                         compression=top["params"] / r["params"], wer=r["wer"], cer=r["cer"],
                         rel_wer=(r["wer"] - top["wer"]) / top["wer"] if top["wer"] else None,
-                        rtf=r["rtf"], bundle=str(b)))
+                        rtf=r["rtf"], bundle=str(b), recipe=meta.get("recipe", ""),
+                        steps=meta.get("steps"), train_s=meta.get("train_seconds"),
+                        wer_ci95=bootstrap_wer(list(errors), list(words)).ci95))
+    by_name = {row.name: b for row, b in zip(rows, bundles)}
+    for row in rows:
+        twin = gt_twin(row, rows)
+        if twin is not None:
+            ids = sorted(per_utt[by_name[row.name]].keys() & per_utt[by_name[twin.name]].keys())
+            mine, theirs = per_utt[by_name[row.name]], per_utt[by_name[twin.name]]
+            diff = bootstrap_wer([mine[u][0] for u in ids], [mine[u][1] for u in ids],
+                                 [theirs[u][0] for u in ids])
+            row.gt_twin, row.wer_diff_vs_gt, row.ci95, row.p_value = \
+                twin.name, diff.value, diff.ci95, diff.p_value
     order = {role: i for i, role in enumerate(ROLES)}
     return sorted(rows, key=lambda row: (-row.params, order[row.role], row.name))
+
+
+def gt_twin(row: Row, rows: list[Row]) -> Row | None:
+    """A KD row's ground-truth twin: the GT student of the same recipe (of several, the one whose
+    run name shares the longest prefix with the KD run's, e.g. the same seed's)."""
+    if row.role != "kd":
+        return None
+    twins = [r for r in rows if r.role == "gt" and r.recipe == row.recipe]
+    return max(twins, key=lambda r: (len(_common_prefix(r.name, row.name)), r.name), default=None)
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def _teacher(bundles: list[Path], metas: dict, ids: dict, named: str | Path | None) -> Path:
@@ -126,10 +177,24 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return "" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.2f}")
 
 
+def _diff(r: Row) -> str:
+    if r.wer_diff_vs_gt is None or r.ci95 is None:
+        return ""
+    lo, hi = r.ci95
+    return f"{100 * r.wer_diff_vs_gt:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def _p(p: float | None) -> str:
+    return "" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
 def table_lines(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    head = ["model", "targets", "params", "compression", "WER %", "CER %", "WER vs teacher", "RTF"]
+    head = ["model", "targets", "params", "compression", "WER %", "CER %", "WER vs teacher",
+            "WER - GT twin [95% CI]", "p", "steps", "train s", "RTF"]
     body = [[r.name, r.targets, f"{r.params:,}", f"{r.compression:.1f}x", _pct(r.wer), _pct(r.cer),
-             "" if r.role == "teacher" else _pct(r.rel_wer, signed=True), f"{r.rtf:.4f}"] for r in rows]
+             "" if r.role == "teacher" else _pct(r.rel_wer, signed=True), _diff(r), _p(r.p_value),
+             "" if r.steps is None else f"{r.steps:,}", "" if r.train_s is None else f"{r.train_s:.0f}",
+             f"{r.rtf:.4f}"] for r in rows]
     return head, body
 
 
@@ -151,33 +216,88 @@ def markdown(rows: list[Row], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _params_label(x: float, _pos=None) -> str:
+    """Tick labels a reader can use: 250k, 1.2M (not 10^5)."""
+    if x >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    return f"{x / 1e3:.3g}k" if x >= 1e3 else f"{x:.0f}"
+
+
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    """WER against parameters (log x): the compression/accuracy trade-off at a glance."""
+    """WER against parameters (log x), with each model's bootstrap 95% interval: the
+    compression/accuracy trade-off at a glance, GT and KD students of a size side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=120)
+    styles = {"teacher": ("*", "black", "teacher", 1.0), "gt": ("o", "tab:blue", "student (GT)", 0.96),
+              "kd": ("^", "tab:red", "student (KD)", 1.04)}
+    for role, (marker, color, label, nudge) in styles.items():
+        picked = [r for r in rows if r.role == role]
+        if not picked:
+            continue
+        xs = [r.params * nudge for r in picked]   # GT and KD twins side by side, not on top
+        ys = [100 * r.wer for r in picked]
+        err = [[100 * (r.wer - r.wer_ci95[0]) if r.wer_ci95 else 0 for r in picked],
+               [100 * (r.wer_ci95[1] - r.wer) if r.wer_ci95 else 0 for r in picked]]
+        ax.errorbar(xs, ys, yerr=err, fmt=marker, color=color, ms=11 if role == "teacher" else 7,
+                    capsize=3, label=label, zorder=3)
+        for x, y, r in zip(xs, ys, picked):
+            ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_params_label))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("test WER (%), 95% bootstrap interval")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def dev_curves(rows: list[Row]) -> dict[str, list[tuple[int, float]]]:
+    """Per student row, (step, dev WER) of every epoch, read from its run's metrics.jsonl."""
+    curves = {}
+    for r in rows:
+        metrics = Path(r.bundle).parent / "metrics.jsonl"
+        if r.role == "teacher" or Path(r.bundle).name != "bundle" or not metrics.exists():
+            continue
+        points = [json.loads(line) for line in metrics.read_text().splitlines()]
+        curves[r.name] = sorted({m["step"]: m["dev_wer"] for m in points if "dev_wer" in m}.items())
+    return curves
+
+
+def plot_dev_curves(rows: list[Row], path: Path, title: str) -> bool:
+    """Dev WER against training steps of the GT and KD students; False when no run has any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    styles = {"teacher": ("*", "black", "teacher"), "gt": ("o", "tab:blue", "student (GT)"),
-              "kd": ("^", "tab:red", "student (seq-KD)")}
-    for role, (marker, color, label) in styles.items():
-        picked = [r for r in rows if r.role == role]
-        if picked:
-            ax.scatter([r.params for r in picked], [100 * r.wer for r in picked], marker=marker,
-                       color=color, s=90 if role == "teacher" else 50, label=label, zorder=3)
-            for r in picked:
-                ax.annotate(r.name, (r.params, 100 * r.wer), textcoords="offset points",
-                            xytext=(5, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("WER (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    curves = dev_curves(rows)
+    if not any(curves.values()):
+        return False
+    roles = {r.name: r.role for r in rows}
+    fig, ax = plt.subplots(figsize=(6.8, 4.2), dpi=120)
+    for name, points in curves.items():
+        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", ms=3,
+                ls="-" if roles[name] == "kd" else "--", label=name)
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("dev WER (%), per epoch")
+    ax.set_ylim(0, min(110, max(100 * p[1] for pts in curves.values() for p in pts) + 5))
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
 
 
 def write_report(rows: list[Row], out: str | Path, title: str) -> None:
@@ -186,3 +306,4 @@ def write_report(rows: list[Row], out: str | Path, title: str) -> None:
     (out / "report.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     (out / "report.md").write_text(markdown(rows, title))
     plot(rows, out / "report.png", title)
+    plot_dev_curves(rows, out / "dev_curves.png", f"{title}: dev WER while training")

@@ -28,7 +28,7 @@ from ray.train.torch import TorchTrainer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.audio import load_audio
-from common.corpora.manifest import iter_rows, read_table, shard_paths
+from common.corpora.manifest import shard_paths
 from common.features import CMVN, CMVNAccumulator, FeatureExtractor
 from common.tokenizer import Tokenizer
 from trainer.data import FrontEnd, PseudoLabels, feature_dataset, target_text
@@ -77,18 +77,18 @@ class MetricsLog(UserCallback):
             fh.write(json.dumps({"time": time.time(), **metrics[0]}) + "\n")
 
 
-def make_front_end(recipe: Recipe, train_dir: Path, paths: RunPaths,
+def make_front_end(recipe: Recipe, shards: list[Path], paths: RunPaths,
                    tokenizer: Tokenizer | None = None) -> FrontEnd:
     """Tokenizer and CMVN of a run, made once and stored so that a resumed run uses the same."""
     tok_path, cmvn_path = paths.frontend / "tokenizer.model", paths.frontend / "cmvn.safetensors"
     if tok_path.exists() and cmvn_path.exists():
         return _front(recipe, Tokenizer.load(tok_path), CMVN.load(cmvn_path))
-    texts = [r["text"] for r in iter_rows(train_dir, ["text"])]
+    texts = [t for s in shards for t in pq.read_table(s, columns=["text"]).column("text").to_pylist()]
     if tokenizer is None:
         drop = recipe.data.remove_non_language
         tokenizer = Tokenizer.train([target_text(t, drop) for t in texts], recipe.tokenizer.vocab_size,
                                     recipe.tokenizer.model_type)
-    cmvn = estimate_cmvn(train_dir, recipe)
+    cmvn = estimate_cmvn(shards, recipe)
     paths.frontend.mkdir(parents=True, exist_ok=True)
     tokenizer.save(tok_path)
     cmvn.save(cmvn_path)
@@ -101,11 +101,10 @@ def _front(recipe: Recipe, tokenizer: Tokenizer, cmvn: CMVN) -> FrontEnd:
                     recipe.data.max_duration_s)
 
 
-def estimate_cmvn(train_dir: Path, recipe: Recipe) -> CMVN:
+def estimate_cmvn(shards: list[Path], recipe: Recipe) -> CMVN:
     """Global mean/std over the first `cmvn_utts` training utterances (spread over the shards)."""
     extractor = FeatureExtractor(recipe.features)
     stats = CMVNAccumulator(recipe.features.n_mels)
-    shards = shard_paths(train_dir)
     per_shard = max(1, recipe.data.cmvn_utts // len(shards))
     for shard in shards:
         for audio in pq.read_table(shard, columns=["audio"]).column("audio").to_pylist()[:per_shard]:
@@ -113,16 +112,17 @@ def estimate_cmvn(train_dir: Path, recipe: Recipe) -> CMVN:
     return stats.result()
 
 
-def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out: str | Path,
+def train(recipe: Recipe, train_dir: str | Path | list, dev_dir: str | Path | None, out: str | Path,
           resume: bool = False, objective: Any = None, tokenizer: Tokenizer | None = None,
           pseudo: PseudoLabels | None = None, extra_meta: dict | None = None) -> dict[str, Any]:
     """Train with Ray Train on the cluster `ray.init` connected to; return the run summary.
 
     Ground truth by default; sequence-level KD (trainer.distill) passes pseudo-label shards as
     `train_dir`, the hypotheses to keep (`pseudo`), its `objective` and the teacher's tokenizer.
+    `train_dir` may be a list of directories, read as one training set.
     """
     paths = RunPaths(Path(out).resolve())
-    train_dir = Path(train_dir)
+    train_dirs = [Path(d) for d in (train_dir if isinstance(train_dir, (list, tuple)) else [train_dir])]
     if paths.started() and not resume:
         raise RunError(f"{paths.root} already holds a training run: pass --resume to continue it, "
                        f"or choose a new --out")
@@ -133,12 +133,12 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
         if saved.model != recipe.model or saved.features != recipe.features:
             raise RunError(f"{paths.root}: the recipe's model or features differ from the run "
                            f"being resumed")
-    shard_paths(train_dir)   # fail now, with the path, if there is no data
+    shards = [s for d in train_dirs for s in shard_paths(d)]   # fail now, with the path, if no data
     paths.root.mkdir(parents=True, exist_ok=True)
     (paths.root / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    front = make_front_end(recipe, train_dir, paths, tokenizer)
+    front = make_front_end(recipe, shards, paths, tokenizer)
 
-    datasets = {"train": feature_dataset([str(p) for p in shard_paths(train_dir)], front, pseudo)}
+    datasets = {"train": feature_dataset([str(p) for p in shards], front, pseudo)}
     if dev_dir is not None:
         datasets["dev"] = feature_dataset([str(p) for p in shard_paths(dev_dir)], front)
     use_gpu = recipe.scaling.use_gpu
@@ -160,13 +160,13 @@ def train(recipe: Recipe, train_dir: str | Path, dev_dir: str | Path | None, out
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts),
     )
     began = time.perf_counter()
-    with ProgressDisplay(paths.metrics, estimate_steps(recipe, train_dir)):
+    with ProgressDisplay(paths.metrics, estimate_steps(recipe, shards)):
         result = trainer.fit()
     seconds = time.perf_counter() - began
     if result.checkpoint is None:
         raise RunError(f"training reported no checkpoint; see {paths.metrics}")
     summary = {**(result.return_value or {}), "train_seconds": round(seconds, 1),
-               "recipe": recipe.name, "train_data": str(train_dir), "dev_data": str(dev_dir or "")}
+               "recipe": recipe.name, "train_data": " ".join(map(str, train_dirs)), "dev_data": str(dev_dir or "")}
     with result.checkpoint.as_directory() as ckpt:
         best = Path(ckpt, "best")
         source = best if best.is_dir() else Path(ckpt, "bundle")
@@ -192,11 +192,12 @@ def install_bundle(source: Path, dest: Path, meta: dict) -> None:
     tmp.rename(dest)
 
 
-def estimate_steps(recipe: Recipe, train_dir: Path) -> int:
+def estimate_steps(recipe: Recipe, shards: list[Path]) -> int:
     """Optimizer steps the run will take, from the audio's total frames and the frame budget."""
     if recipe.optim.max_steps:
         return recipe.optim.max_steps
-    seconds = sum(read_table(train_dir, ["duration_s"]).column("duration_s").to_pylist())
+    seconds = sum(sum(pq.read_table(s, columns=["duration_s"]).column("duration_s").to_pylist())
+                  for s in shards)
     frames = seconds * 1000 / recipe.features.frame_shift_ms
     per_epoch = max(1, int(frames / (0.8 * recipe.optim.max_frames)))   # ~80% of the budget is used
     return per_epoch * recipe.optim.epochs

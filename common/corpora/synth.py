@@ -26,6 +26,7 @@ ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4", "f5"]
 SPEEDS = [145, 165, 185]
 PITCHES = [35, 50, 65]
+UNTRANSCRIBED = "untranscribed"   # extra training audio whose manifest text is empty
 
 
 class SynthError(RuntimeError):
@@ -109,7 +110,7 @@ def make_utterance(split: str, index: int, text: str, voice: Voice, seed: int) -
     wave = degrade(speak(text, voice), rng)
     return Utterance(utt_id=f"{split}-{voice.speaker}-{index:06d}", speaker=voice.speaker,
                      split=split, duration_s=wave.numel() / SAMPLE_RATE, sample_rate=SAMPLE_RATE,
-                     audio=encode_flac(wave), text=text)
+                     audio=encode_flac(wave), text="" if split == UNTRANSCRIBED else text)
 
 
 def phrase(rng: random.Random, max_words: int | None = None) -> str:
@@ -126,7 +127,14 @@ def phrase(rng: random.Random, max_words: int | None = None) -> str:
 
 def plan(counts: dict[str, int], seed: int, unseen_test_fraction: float = 0.5,
          max_words: int | None = None) -> list[tuple]:
-    """(split, index, text, voice) for every utterance; part of test's sentences never occur in train."""
+    """(split, index, text, voice) for every utterance; part of test's sentences never occur in train.
+
+    An `untranscribed` split is more audio of the training speakers, of fresh phrases, whose
+    text the manifest leaves empty (what a teacher labels for KD); adding it leaves the other
+    splits exactly as they are without it.
+    """
+    extra = counts.get(UNTRANSCRIBED, 0)
+    counts = {k: v for k, v in counts.items() if k != UNTRANSCRIBED}
     speakers = split_speakers(seed, counts)
     train_rng = random.Random(seed)
     train_texts = [phrase(train_rng, max_words) for _ in range(counts.get("train", 0))]
@@ -143,4 +151,9 @@ def plan(counts: dict[str, int], seed: int, unseen_test_fraction: float = 0.5,
                 while text in seen:
                     text = phrase(rng, max_words)
             jobs.append((split, i, text, speakers[split][i % len(speakers[split])]))
+    if extra:
+        rng = random.Random(f"{seed}-{UNTRANSCRIBED}")
+        train_voices = speakers.get("train") or voices(seed)
+        jobs += [(UNTRANSCRIBED, i, phrase(rng, max_words), train_voices[i % len(train_voices)])
+                 for i in range(extra)]
     return jobs
