@@ -41,7 +41,7 @@ class DemoSettings:
     teacher_epochs: int | None = None       # None: the recipe's
     student_epochs: int | None = None
     max_steps: int | None = None            # caps every training run (quick mode)
-    label: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=5, ctc_weight=0.3))
+    label: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=5, ctc_weight=0.3, topm=8))
     decode: BeamConfig = field(default_factory=lambda: BeamConfig(beam=5, nbest=1, ctc_weight=0.3))
     pseudo: PseudoLabels = PseudoLabels(k=5)
     kd: SequenceKD = SequenceKD()
@@ -53,7 +53,7 @@ class DemoSettings:
 FULL = DemoSettings(train=2400, dev=200, test=500, students=("student_small",))
 QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1,
                      students=("student_small",), max_steps=4,
-                     label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3),
+                     label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3, topm=4),
                      decode=BeamConfig(beam=2, nbest=1, ctc_weight=0.3), pseudo=PseudoLabels(k=3),
                      http_files=2)
 

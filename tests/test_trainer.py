@@ -208,3 +208,33 @@ def test_patience_stops_when_dev_wer_stops_improving(ray_local, synth_corpus, tm
            if "dev_wer" in line]
     assert [m["epoch"] for m in dev] == [1, 2, 3] and len({m["dev_wer"] for m in dev}) == 1
     assert json.loads((tmp_path / "run" / "bundle" / "meta.json").read_text())["step"] == dev[0]["step"]
+
+
+@pytest.mark.slow
+def test_cached_epochs_train_exactly_like_streamed_ones(reference_run, synth_corpus, tmp_path):
+    """The reference run replays its first epoch's features from memory (2+ epochs in 16 steps);
+    with the cache off every epoch re-decodes the FLAC: the same batches, the same loss curve."""
+    data, _ = synth_corpus
+    assert reference_run[1]["epochs"] >= 2
+    recipe = load_recipe(write_recipe(tmp_path), {"data": {"cache_mb": 0}})
+    train(recipe, data / "train", None, tmp_path / "run")
+    streamed, cached = train_losses(tmp_path / "run"), train_losses(reference_run[0])
+    assert sorted(streamed) == sorted(cached) == list(range(1, 17))
+    for step in streamed:
+        assert streamed[step] == pytest.approx(cached[step], rel=1e-4), step
+
+
+def test_feature_cache_replays_only_a_whole_pass_within_its_bound():
+    import pyarrow as pa
+
+    from trainer.data import FeatureCache
+
+    pools = [pa.table({"x": list(range(i, i + 100))}) for i in range(0, 500, 100)]
+    cache = FeatureCache(limit_bytes=10 << 20)
+    first = cache.record(iter(pools))
+    assert [next(first), next(first)] == pools[:2] and not cache.ready   # a pass cut short
+    assert list(cache.record(iter(pools))) == pools and cache.ready
+    assert list(cache.replay()) == pools
+    small = FeatureCache(limit_bytes=2 * pools[0].nbytes)
+    assert list(small.record(iter(pools))) == pools and not small.ready   # over the bound: stream
+    assert not FeatureCache(limit_bytes=0).ready

@@ -211,6 +211,47 @@ def frame_budget_batches(n_frames: list[int], max_frames: int) -> list[list[int]
     return batches
 
 
+class FeatureCache:
+    """The featurised pools of one epoch, kept in the worker's memory and replayed by later epochs,
+    so that FLAC decoding and filterbanks run once per run instead of once per epoch.
+
+    A pass is recorded as it streams; only a whole pass (the stream ran out) is replayed, so an
+    epoch cut short (max_steps) or a corpus over `limit_bytes` keeps streaming (bounded memory).
+    The replayed pools are the very tables the stream yielded, in the same order, so the batches
+    and the loss curve are those of streaming.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.pools: list[pa.Table] | None = None
+        self.too_big = limit_bytes <= 0
+
+    @property
+    def ready(self) -> bool:
+        return self.pools is not None
+
+    def replay(self) -> Iterator[pa.Table]:
+        assert self.pools is not None
+        return iter(self.pools)
+
+    def record(self, stream: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        kept: list[pa.Table] = []
+        size = 0
+        for pool in stream:
+            if not self.too_big:
+                size += pool.nbytes
+                if size > self.limit:
+                    self.too_big = True
+                    log.warning("featurised epoch exceeds data.cache_mb (%d MB): streaming every epoch",
+                                self.limit >> 20)
+                    kept = []
+                else:
+                    kept.append(pool)
+            yield pool
+        if not self.too_big:
+            self.pools = kept
+
+
 def bucketed(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
              rng: random.Random) -> Iterator[Batch]:
     """Each pool of utterances -> frame-budget batches in a seeded random order."""

@@ -30,7 +30,7 @@ from common.bundle import save_bundle
 from common.features import SpecAugment
 from common.metrics import error_rates
 from common.models import Seq2Seq
-from trainer.data import Batch, FrontEnd, bucketed, collate, tokenizer_of
+from trainer.data import Batch, FeatureCache, FrontEnd, bucketed, collate, tokenizer_of
 from trainer.recipe import Recipe, recipe_from_dict
 
 FAIL_ENV = "SEQKD_FAIL_AT_STEP"   # fault injection for tests: crash once after this step
@@ -99,6 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     fail_marker = Path(config["run_dir"], ".fault_injected")
     max_steps = opt_cfg.max_steps or math.inf
     window = _Window()
+    cache = FeatureCache(recipe.data.cache_mb << 20)
 
     def checkpoint(metrics: dict, name: str) -> None:
         _report(metrics, name, core, front, progress, best_state, optimizer, schedule, scaler,
@@ -107,8 +108,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stopped = progress.stopped_early
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
-        pools = train_shard.iter_batches(batch_size=opt_cfg.bucket_utts, batch_format="pyarrow",
-                                         prefetch_batches=2)
+        pools = cache.replay() if cache.ready else cache.record(train_shard.iter_batches(
+            batch_size=opt_cfg.bucket_utts, batch_format="pyarrow", prefetch_batches=2))
         batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
         for _ in range(progress.batch_in_epoch):   # resuming mid-epoch: skip what was trained
             next(batches, None)

@@ -64,10 +64,13 @@ class DataRecipe:
     remove_non_language: bool = True   # drop <NOISE>, <*IN*>, <*MR.*> from targets (ESPnet WSJ)
     cmvn_utts: int = 500               # training utterances the global CMVN is estimated from
     max_duration_s: float = 30.0       # longer training utterances are skipped (and counted)
+    cache_mb: int = 2048               # per worker: featurised epochs kept in memory up to this size
 
     def validate(self) -> None:
         if self.cmvn_utts < 1 or self.max_duration_s <= 0:
             raise ValueError("cmvn_utts must be >= 1 and max_duration_s > 0")
+        if self.cache_mb < 0:
+            raise ValueError("cache_mb must be >= 0 (0: stream every epoch)")
 
 
 @dataclass
