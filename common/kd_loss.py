@@ -9,9 +9,11 @@ hypotheses of each utterance, which then run through the decoder as extra rows o
 (`Seq2Seq.forward` with `owner` and `weights`). The features are never copied, and one
 encoder pass serves all k targets.
 
-Word-level KD (Hinton et al. 2015; Kim & Rush 2016's word-KD) adds, along every hypothesis,
+Word-level KD (Hinton et al. 2015; Kim & Rush 2016's word-KD) interpolates the attention
+branch's cross-entropy with, along every hypothesis,
 
-    W * sum_u sum_k a_uk * sum_i T^2 KL(p_i^T || q_i^T) / U
+    KL = sum_u sum_k a_uk * sum_i T^2 KL(p_i^T || q_i^T) / U,
+    L = (1 - w_ctc) * [(1 - W) * CE + W * KL] + w_ctc * CTC
 
 where p_i is the teacher decoder's distribution at position i of the hypothesis, stored by the
 labeling beam search as its top-M tokens (the mass outside them is dropped and the M kept
@@ -51,12 +53,12 @@ class SoftTargets:
     ids: torch.Tensor          # (N, L, M) token ids (anything at padded positions)
     logp: torch.Tensor         # (N, L, M) teacher log-probabilities
     rows: torch.Tensor         # (N,) bool: the rows that have teacher distributions
-    weight: float = 1.0        # W
+    weight: float = 0.5        # W: the KL's share of the attention loss
     temperature: float = 1.0   # T
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0 or self.weight < 0:
-            raise ValueError("word-level KD needs a temperature > 0 and a weight >= 0")
+        if not self.temperature > 0 or not 0 <= self.weight <= 1:
+            raise ValueError("word-level KD needs a temperature > 0 and a weight in [0, 1]")
 
 
 def word_kd_divergence(logits: torch.Tensor, soft: SoftTargets, valid: torch.Tensor) -> torch.Tensor:

@@ -188,6 +188,13 @@ class Demo:
                  f"{self.s.test} utts, beam {self.s.decode.beam}")
         write_report(rows, out, title)
         self.console.print(rich_table(rows, title))
+        for r in rows:
+            if r.wer_diff_vs_gt is not None and r.ci95 is not None:
+                verdict = "better" if r.ci95[1] < 0 else "worse" if r.ci95[0] > 0 else "not resolved"
+                self.console.print(
+                    f"[bold]{r.name}[/] vs {r.gt_twin}: WER {100 * r.wer_diff_vs_gt:+.2f} points, 95% CI "
+                    f"[{100 * r.ci95[0]:+.2f}, {100 * r.ci95[1]:+.2f}], p {r.p_value:.4f} "
+                    f"(paired bootstrap over {self.s.test} test utterances): KD {verdict}")
         self.record("report", {"seconds": round(time.perf_counter() - began, 1),
                                "rows": [asdict(r) for r in rows]})
         return rows

@@ -35,8 +35,9 @@ def add_kd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctc-target", choices=["1best", "transcript"], default="1best",
                    help="what the CTC branch learns")
     p.add_argument("--word-kd", type=float, default=0.0, metavar="W",
-                   help="add W x KL to the teacher's top-M distributions along each hypothesis "
-                        "(labels made with `seqkd label --topm M`; 0 = sequence-level only)")
+                   help="decoder loss = (1 - W) x cross-entropy + W x KL to the teacher's top-M "
+                        "distributions along each hypothesis (labels made with `seqkd label --topm M`; "
+                        "0 = sequence-level only)")
     p.add_argument("--kd-temperature", type=float, default=1.0, metavar="T",
                    help="temperature of the word-level KL (the loss is scaled by T^2)")
     p.add_argument("--expand", action="store_true",

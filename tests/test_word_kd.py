@@ -98,7 +98,8 @@ def test_word_kd_divergence_equals_a_direct_reference_and_its_gradient_is_analyt
 
 @pytest.mark.parametrize("family", ["pblstm-lstm", "conformer-transformer"])
 def test_word_kd_in_the_kd_loss_is_the_weighted_kl_per_hypothesis(family):
-    """loss(word_kd W) - loss(no soft targets) = W * sum_uk a_uk KL_uk / U, KL_uk computed alone."""
+    """loss(word_kd W) = (1 - w_ctc) ((1 - W) CE + W KL) + w_ctc CTC, with KL = sum_uk a_uk KL_uk / U
+    and every KL_uk computed alone."""
     model = tiny_model(family).eval()
     g = torch.Generator().manual_seed(2)
     feats, lens = torch.randn(2, 80, 40, generator=g), torch.tensor([80, 57])
@@ -124,7 +125,10 @@ def test_word_kd_in_the_kd_loss_is_the_weighted_kl_per_hypothesis(family):
             alone = soft_targets([per_row[r]], len(h) + 1, 0.5, 1.5, torch.device("cpu"))
             expected += a * float(word_kd_divergence(logits, alone, ys_out != IGNORE)[0])
     assert float(with_kd["kl"]) == pytest.approx(expected / 2, rel=1e-4)
-    assert float(with_kd["loss"] - plain["loss"]) == pytest.approx(0.5 * expected / 2, rel=1e-4)
+    w = model.cfg.ctc_weight
+    want = (1 - w) * (0.5 * float(plain["att"]) + 0.5 * expected / 2) + w * float(plain["ctc"])
+    assert float(with_kd["loss"]) == pytest.approx(want, rel=1e-4)
+    assert float(with_kd["att"]) == pytest.approx(float(plain["att"]), rel=1e-6)
 
 
 def kd_pool(prefix: str, n: int, seed: int) -> pa.Table:

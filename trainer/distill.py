@@ -34,8 +34,8 @@ class SequenceKD:
 
     `gt_weight` > 0 adds the transcript as one more target with that share of the weight
     (where a transcript exists); CTC learns the teacher's 1-best or the transcript.
-    `word_kd` > 0 adds that times the KL to the teacher's stored top-M distributions along every
-    hypothesis (word-level KD, at `kd_temperature`); `expand` trains each hypothesis as its own
+    `word_kd` W > 0 trains the decoder on (1 - W) x cross-entropy + W x the KL to the teacher's
+    stored top-M distributions along every hypothesis (word-level KD, at `kd_temperature`); `expand` trains each hypothesis as its own
     example (the paper's protocol) instead of all k beside one shared encoder pass.
     """
 
@@ -53,8 +53,8 @@ class SequenceKD:
             raise ValueError(f"gt_weight must be in [0, 1], not {self.gt_weight}")
         if self.ctc_target not in ("1best", "transcript"):
             raise ValueError(f"ctc_target must be '1best' or 'transcript', not {self.ctc_target!r}")
-        if self.word_kd < 0 or not self.kd_temperature > 0:
-            raise ValueError("word_kd must be >= 0 and kd_temperature > 0")
+        if not 0 <= self.word_kd <= 1 or not self.kd_temperature > 0:
+            raise ValueError("word_kd must be in [0, 1] and kd_temperature > 0")
 
     def batches(self, pools, max_frames: int, n_mels: int, rng) -> Iterator[Batch]:
         return (expanded if self.expand else bucketed)(pools, max_frames, n_mels, rng)

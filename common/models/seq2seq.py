@@ -69,7 +69,8 @@ class Seq2Seq(nn.Module):
         `owner[i]` the utterance of hypothesis i and `weights[i]` its weight (summing to 1
         per utterance); the encoder runs once per utterance and its rows are gathered by index.
         Word-level KD: `soft` holds the teacher's top-M along the target rows; its KL is
-        weighted like the rows' cross-entropy and added with weight `soft.weight`.
+        weighted like the rows' cross-entropy and interpolated with it, W = `soft.weight`:
+        attention loss = (1 - W) CE + W KL (Kim & Rush 2016), so CTC keeps its share.
         """
         enc, enc_lens = self.encode(feats, lens)                                  # (B, T', D)
         if owner is None:
@@ -91,7 +92,7 @@ class Seq2Seq(nn.Module):
         if soft is not None:
             per_seq_kl = word_kd_divergence(logits, soft, valid)                # (N,)
             kl = per_seq_kl.mean() if a is None else (a * per_seq_kl).sum() / enc.shape[0]
-            loss = loss + soft.weight * kl
+            loss = (1 - w) * ((1 - soft.weight) * att + soft.weight * kl) + w * ctc
         acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
         return Losses(loss=loss, att=att, ctc=ctc, acc=acc, kl=kl)
 
