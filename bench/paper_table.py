@@ -60,6 +60,9 @@ CONFIGS = {c.name: c for c in [
     Config("kd-k1-b5-word", "b5", 1, SequenceKD(word_kd=0.5, kd_temperature=1.0)),
     Config("kd-k5-b5-word", "b5", 5, SequenceKD(word_kd=0.5, kd_temperature=1.0)),
     Config("kd-k1-b5-word-T2", "b5", 1, SequenceKD(word_kd=0.5, kd_temperature=2.0)),
+    Config("kd-k1-b5-frame", "b5", 1, SequenceKD(frame_kd=0.5)),
+    Config("kd-k1-b5-word-frame", "b5", 1, SequenceKD(word_kd=0.5, frame_kd=0.5)),
+    Config("kd-k5-b5-word-frame", "b5", 5, SequenceKD(word_kd=0.5, frame_kd=0.5)),
     Config("kd-k5-b5-expand", "b5", 5, SequenceKD(expand=True), epochs_divisor=5),
     Config("kd-k1-b5-word-untr", "b5", 1, SequenceKD(word_kd=0.5), untranscribed=True),
 ]}

@@ -20,6 +20,11 @@ labeling beam search as its top-M tokens (the mass outside them is dropped and t
 probabilities renormalised, after the temperature), and q_i the student's full softmax at
 temperature T, read at those M tokens. A student that puts mass on tokens outside the teacher's
 top M is therefore pushed off them. The teacher never runs during student training.
+
+Frame-level KD does the same for the CTC branch, per encoder frame, against the teacher CTC
+head's stored top-M (the student must have the teacher's frame rate):
+CTC term = (1 - W_f) * CTC + W_f * sum_t T^2 KL(p_t || q_t), averaged over utterances. Dense
+per-frame targets show the student where each token is, which speeds up alignment.
 """
 
 from __future__ import annotations
@@ -93,10 +98,12 @@ def soft_targets(rows: list[tuple[list[list[int]], list[list[float]]] | None], l
 def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Tensor,
                      hyps: list[list[list[int]]], weights: list[list[float]],
                      ctc_targets: list[list[int]],
-                     soft: SoftTargets | None = None) -> dict[str, torch.Tensor]:
+                     soft: SoftTargets | None = None,
+                     ctc_soft: SoftTargets | None = None) -> dict[str, torch.Tensor]:
     """feats (B, T, F), lens (B,); hyps[u] = the k_u token lists of utterance u, weights[u] their
     a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript); `soft`, the
-    teacher's top-M along every hypothesis row (word-level KD), rows in the same order.
+    teacher's top-M along every hypothesis row (word-level KD), rows in the same order;
+    `ctc_soft`, the teacher CTC head's top-M per frame, one row per utterance (frame-level KD).
 
     Goes through the model's `forward`, so a DDP-wrapped student synchronises its gradients.
     """
@@ -104,5 +111,7 @@ def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Te
         raise ValueError("every utterance needs at least one hypothesis")
     out = model(feats, lens, [t for h in hyps for t in h],
                 owner=[u for u, h in enumerate(hyps) for _ in h],
-                weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets, soft=soft)
-    return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(), "kl": out.kl.detach()}
+                weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets, soft=soft,
+                ctc_soft=ctc_soft)
+    return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(), "kl": out.kl.detach(),
+            "frame_kl": out.frame_kl.detach()}

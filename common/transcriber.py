@@ -37,6 +37,8 @@ class Transcript:
     nbest: list[NBestEntry]
     duration_s: float
     rtf: float = 0.0
+    # with BeamConfig.topm: the CTC head's top-M (ids, log-probs) per encoder frame (frame KD)
+    ctc_topm: tuple[list[list[int]], list[list[float]]] | None = None
 
     def as_dict(self) -> dict:
         return {"text": self.text, "nbest": [n.as_dict() for n in self.nbest],
@@ -72,19 +74,26 @@ class Transcriber:
         out: list[Transcript | None] = [None] * len(waves)
         for idx in length_sorted_batches([w.numel() for w in waves], batch_size):
             began = time.perf_counter()
-            hyps = self.decode_features([self.bundle.features(waves[i]) for i in idx], cfg)
+            hyps, ctc = self.decode_features([self.bundle.features(waves[i]) for i in idx], cfg)
             elapsed = time.perf_counter() - began
             seconds = sum(waves[i].numel() for i in idx) / self.sample_rate
-            for i, nbest in zip(idx, hyps):
+            for j, (i, nbest) in enumerate(zip(idx, hyps)):
                 out[i] = self._transcript(nbest, waves[i].numel() / self.sample_rate,
                                           elapsed / max(seconds, 1e-9))
+                out[i].ctc_topm = ctc[j] if ctc else None
         return [t for t in out if t is not None]
 
-    def decode_features(self, feats: list[torch.Tensor], cfg: BeamConfig) -> list[list[Hypothesis]]:
+    def decode_features(self, feats: list[torch.Tensor], cfg: BeamConfig
+                        ) -> tuple[list[list[Hypothesis]], list[tuple[list, list]] | None]:
+        """N-best per utterance; with cfg.topm also the CTC head's top-M per valid frame."""
         padded, lens = pad_features(feats)
         model = self.bundle.model
         enc, enc_lens = model.encode(padded.to(self.device), lens.to(self.device))
-        return beam_search(model, enc, enc_lens, cfg)
+        ctc = None
+        if cfg.topm:
+            lp, ids = model.ctc_log_probs(enc).topk(min(cfg.topm, model.vocab_size), dim=-1)  # (B, T', M)
+            ctc = [(ids[u, :n].tolist(), lp[u, :n].tolist()) for u, n in enumerate(enc_lens.tolist())]
+        return beam_search(model, enc, enc_lens, cfg), ctc
 
     def _transcript(self, nbest: list[Hypothesis], duration: float, rtf: float) -> Transcript:
         entries = [NBestEntry(self.bundle.tokenizer.decode(h.tokens), h.tokens, h.logp, h.topm_ids,

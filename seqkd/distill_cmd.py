@@ -38,6 +38,9 @@ def add_kd_arguments(p: argparse.ArgumentParser) -> None:
                    help="decoder loss = (1 - W) x cross-entropy + W x KL to the teacher's top-M "
                         "distributions along each hypothesis (labels made with `seqkd label --topm M`; "
                         "0 = sequence-level only)")
+    p.add_argument("--frame-kd", type=float, default=0.0, metavar="W",
+                   help="CTC loss = (1 - W) x CTC + W x KL to the teacher's CTC distribution per encoder "
+                        "frame (a student with the teacher's frame rate; labels made with --topm)")
     p.add_argument("--kd-temperature", type=float, default=1.0, metavar="T",
                    help="temperature of the word-level KL (the loss is scaled by T^2)")
     p.add_argument("--expand", action="store_true",
@@ -52,7 +55,7 @@ def kd_settings(args: argparse.Namespace):
     return (PseudoLabels(k=args.k, max_wer=args.max_wer),
             SequenceKD(weights=args.weights, temperature=args.temperature,
                        gt_weight=args.gt_weight, ctc_target=args.ctc_target, word_kd=args.word_kd,
-                       kd_temperature=args.kd_temperature, expand=args.expand))
+                       kd_temperature=args.kd_temperature, expand=args.expand, frame_kd=args.frame_kd))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,8 +42,12 @@ log = logging.getLogger(__name__)
 HYP = pa.struct([("text", pa.string()), ("tokens", pa.list_(pa.int32())), ("logp", pa.float32()),
                  ("topm_ids", pa.list_(pa.list_(pa.int32()))),
                  ("topm_logp", pa.list_(pa.list_(pa.float16())))])
+# ctc_topm_ids / ctc_topm_logp (null unless --topm): per encoder frame, the teacher CTC head's
+# M most likely token ids (blank included) and log-probabilities, for frame-level KD.
 LABEL_SCHEMA = SCHEMA.append(pa.field("hyps", pa.list_(HYP))) \
-    .append(pa.field("teacher_id", pa.string())).append(pa.field("decode", pa.string()))
+    .append(pa.field("teacher_id", pa.string())).append(pa.field("decode", pa.string())) \
+    .append(pa.field("ctc_topm_ids", pa.list_(pa.list_(pa.int32())))) \
+    .append(pa.field("ctc_topm_logp", pa.list_(pa.list_(pa.float16()))))
 INDEX = "labels.json"
 TOKENIZER = "tokenizer.model"   # the teacher's, copied beside the shards
 FAIL_ENV = "SEQKD_LABEL_FAIL_AFTER"   # fault injection for tests: kill one actor after K batches
@@ -93,13 +97,15 @@ class TeacherLabeler:
             except AudioError as exc:
                 log.warning("no labels for %s: %s", batch.column("utt_id")[i].as_py(), exc)
         hyps: list[list[dict]] = [[] for _ in range(batch.num_rows)]
+        ctc: list[tuple | None] = [None] * batch.num_rows
         for i, t in zip(ok, self.transcriber.transcribe_waves(waves, self.cfg)):
             hyps[i] = [n.as_dict() for n in t.nbest]
+            ctc[i] = t.ctc_topm
         self.batches += 1
         if self.fail_after and self.batches >= self.fail_after and not self.marker.exists():
             self.marker.write_text(str(self.batches))
             os._exit(1)   # the actor dies mid-run, as a preempted GPU node would
-        return with_labels(batch, hyps, self.transcriber.bundle.bundle_id, self.decode_json)
+        return with_labels(batch, hyps, self.transcriber.bundle.bundle_id, self.decode_json, ctc)
 
 
 class ServeLabeler:
@@ -126,11 +132,17 @@ class ServeLabeler:
         return with_labels(batch, hyps, teacher, self.decode_json)
 
 
-def with_labels(batch: pa.Table, hyps: list[list[dict]], teacher_id: str, decode: str) -> pa.Table:
+def with_labels(batch: pa.Table, hyps: list[list[dict]], teacher_id: str, decode: str,
+                ctc: list[tuple | None] | None = None) -> pa.Table:
     n = batch.num_rows
+    ctc = ctc or [None] * n
     return (batch.append_column("hyps", pa.array(hyps, type=pa.list_(HYP)))
             .append_column("teacher_id", pa.array([teacher_id] * n, pa.string()))
-            .append_column("decode", pa.array([decode] * n, pa.string())))
+            .append_column("decode", pa.array([decode] * n, pa.string()))
+            .append_column("ctc_topm_ids", pa.array([c and c[0] for c in ctc],
+                                                    LABEL_SCHEMA.field("ctc_topm_ids").type))
+            .append_column("ctc_topm_logp", pa.array([c and c[1] for c in ctc],
+                                                     LABEL_SCHEMA.field("ctc_topm_logp").type)))
 
 
 def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: BeamConfig,

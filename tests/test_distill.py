@@ -184,21 +184,29 @@ def test_stored_top_m_equals_the_teacher_forced_along_each_hypothesis(soft_label
             with torch.no_grad():
                 ref = teacher_forced(teacher.model, feats, torch.tensor([feats.shape[1]]), hyp["tokens"])
             assert_top_m_matches(hyp["topm_ids"], hyp["topm_logp"], ref, tol=2e-2)
+        with torch.no_grad():   # and the CTC head's top-M at every encoder frame
+            enc, enc_lens = teacher.model.encode(feats, torch.tensor([feats.shape[1]]))
+            ctc = teacher.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
+        assert_top_m_matches(row["ctc_topm_ids"], row["ctc_topm_logp"], ctc, tol=2e-2)
 
 
 def test_word_kd_and_expand_train_a_student(soft_labels, tiny_bundle, tmp_path):
     recipe = student_recipe(load_bundle(tiny_bundle[0]).tokenizer.vocab_size)
     summary = distill(recipe, soft_labels, None, tmp_path / "run", PseudoLabels(k=2),
-                      SequenceKD(word_kd=1.0, kd_temperature=2.0, expand=True))
+                      SequenceKD(word_kd=0.5, kd_temperature=2.0, expand=True, frame_kd=0.5))
     meta = load_bundle(tmp_path / "run" / "bundle").meta
-    assert summary["steps"] == 6 and meta["word_kd"] == 1.0 and meta["expand"] is True
+    assert summary["steps"] == 6 and meta["word_kd"] == 0.5 and meta["expand"] is True
+    assert meta["frame_kd"] == 0.5
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [m for m in steps if m["kind"] == "train"]
-    assert train_steps and all(m["kl"] > 0 and m["targets_per_utt"] == 1.0 for m in train_steps)
+    assert train_steps and all(m["kl"] > 0 and m["frame_kl"] > 0 and m["targets_per_utt"] == 1.0
+                               for m in train_steps)
 
 
 def test_word_kd_refuses_labels_without_top_m(labels, tiny_bundle, tmp_path):
     recipe = student_recipe(load_bundle(tiny_bundle[0]).tokenizer.vocab_size)
     with pytest.raises(RunError, match="label again with `seqkd label --topm"):
         distill(recipe, labels, None, tmp_path / "run", PseudoLabels(k=2), SequenceKD(word_kd=1.0))
+    with pytest.raises(RunError, match="--frame-kd need"):
+        distill(recipe, labels, None, tmp_path / "run", PseudoLabels(k=2), SequenceKD(frame_kd=0.5))
     assert not (tmp_path / "run").exists()

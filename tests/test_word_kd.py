@@ -131,6 +131,36 @@ def test_word_kd_in_the_kd_loss_is_the_weighted_kl_per_hypothesis(family):
     assert float(with_kd["att"]) == pytest.approx(float(plain["att"]), rel=1e-6)
 
 
+@pytest.mark.parametrize("family", ["stacked-pblstm-lstm", "conformer-transformer"])
+def test_frame_kd_interpolates_ctc_with_the_per_frame_kl(family):
+    """CTC term = (1 - W) CTC + W mean_u sum_t KL_t, each utterance's KL computed alone and unpadded;
+    a teacher whose frames are not the student's is refused."""
+    model = tiny_model(family).eval()
+    g = torch.Generator().manual_seed(4)
+    feats, lens = torch.randn(2, 80, 40, generator=g), torch.tensor([80, 57])
+    hyps, weights = [[[3, 4, 5]], [[6, 7]]], [[1.0], [1.0]]
+    with torch.no_grad():
+        enc, enc_lens = model.encode(feats, lens)
+        rows = []
+        for n in enc_lens.tolist():
+            ids = torch.stack([torch.randperm(24, generator=g)[:5] for _ in range(n)])
+            rows.append((ids.tolist(), torch.log_softmax(torch.randn(n, 5, generator=g), -1).tolist()))
+        frames = soft_targets(rows, enc.shape[1], weight=0.3, temperature=1.0, device=torch.device("cpu"))
+        plain = sequence_kd_loss(model, feats, lens, hyps, weights, [h[0] for h in hyps])
+        kd = sequence_kd_loss(model, feats, lens, hyps, weights, [h[0] for h in hyps], ctc_soft=frames)
+        alone = []
+        for u, n in enumerate(enc_lens.tolist()):
+            e, _ = model.encode(feats[u:u + 1, : int(lens[u])], lens[u:u + 1])
+            one = soft_targets([rows[u]], n, 0.3, 1.0, torch.device("cpu"))
+            alone.append(float(word_kd_divergence(model.ctc(e)[:, :n], one, torch.ones(1, n, dtype=torch.bool))))
+        assert float(kd["frame_kl"]) == pytest.approx(sum(alone) / 2, rel=1e-4)
+        assert float(kd["ctc"]) == pytest.approx(0.7 * float(plain["ctc"]) + 0.3 * sum(alone) / 2, rel=1e-4)
+        assert float(kd["att"]) == pytest.approx(float(plain["att"]), rel=1e-6)
+        short = SoftTargets(frames.ids[:, :-1], frames.logp[:, :-1], frames.rows, 0.3, 1.0)
+        with pytest.raises(ValueError, match="teacher's frame rate"):
+            sequence_kd_loss(model, feats, lens, hyps, weights, [h[0] for h in hyps], ctc_soft=short)
+
+
 def kd_pool(prefix: str, n: int, seed: int) -> pa.Table:
     """Featurised KD rows with 1-3 hypotheses each; the top-M ids of hypothesis j are all j."""
     rng = random.Random(seed)
@@ -147,6 +177,8 @@ def kd_pool(prefix: str, n: int, seed: int) -> pa.Table:
         rows["hyp_logp"].append([-1.0 * j for j in range(k)])
         rows["hyp_topm_ids"].append([[[j, j]] * (len(h) + 1) for j, h in enumerate(hyps)])
         rows["hyp_topm_logp"].append([[[-0.5, -1.0]] * (len(h) + 1) for h in hyps])
+        rows["ctc_topm_ids"].append([[0, 3]] * (frames // 4))
+        rows["ctc_topm_logp"].append([[-0.1, -2.5]] * (frames // 4))
     return pa.Table.from_pydict(rows, schema=SOFT_FEATURE_SCHEMA)
 
 

@@ -38,7 +38,9 @@ KD_FEATURE_SCHEMA = FEATURE_SCHEMA.append(pa.field("hyp_tokens", pa.list_(pa.lis
 # ... and for word-level KD the teacher's top-M per position of each kept hypothesis.
 SOFT_FEATURE_SCHEMA = KD_FEATURE_SCHEMA \
     .append(pa.field("hyp_topm_ids", pa.list_(pa.list_(pa.list_(pa.int32()))))) \
-    .append(pa.field("hyp_topm_logp", pa.list_(pa.list_(pa.list_(pa.float16())))))
+    .append(pa.field("hyp_topm_logp", pa.list_(pa.list_(pa.list_(pa.float16()))))) \
+    .append(pa.field("ctc_topm_ids", pa.list_(pa.list_(pa.int32())))) \
+    .append(pa.field("ctc_topm_logp", pa.list_(pa.list_(pa.float16()))))
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,13 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
     schema = FEATURE_SCHEMA if pseudo is None else SOFT_FEATURE_SCHEMA if pseudo.soft else KD_FEATURE_SCHEMA
     rows: dict[str, list] = {name: [] for name in schema.names}
     all_hyps = table.column("hyps").to_pylist() if pseudo is not None else [None] * table.num_rows
-    for utt_id, audio, text, hyps in zip(table.column("utt_id").to_pylist(),
-                                         table.column("audio").to_pylist(),
-                                         table.column("text").to_pylist(), all_hyps):
+    soft = pseudo is not None and pseudo.soft
+    ctc_ids = table.column("ctc_topm_ids").to_pylist() if soft else [None] * table.num_rows
+    ctc_lps = table.column("ctc_topm_logp").to_pylist() if soft else [None] * table.num_rows
+    for utt_id, audio, text, hyps, c_ids, c_lps in zip(table.column("utt_id").to_pylist(),
+                                                       table.column("audio").to_pylist(),
+                                                       table.column("text").to_pylist(), all_hyps,
+                                                       ctc_ids, ctc_lps):
         target = front.target_text(text or "")
         if pseudo is None and not target:
             log.warning("skipping %s: empty transcript", utt_id)
@@ -137,11 +143,13 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
             rows["hyp_tokens"].append([h["tokens"] for h in hyps])
             rows["hyp_logp"].append([h["logp"] for h in hyps])
             if pseudo.soft:
-                if any(h.get("topm_ids") is None for h in hyps):
+                if c_ids is None or any(h.get("topm_ids") is None for h in hyps):
                     raise ValueError(f"{utt_id}: the labels hold no top-M distributions for "
                                      f"word-level KD (label with `seqkd label --topm M`)")
                 rows["hyp_topm_ids"].append([h["topm_ids"] for h in hyps])
                 rows["hyp_topm_logp"].append([h["topm_logp"] for h in hyps])
+                rows["ctc_topm_ids"].append(c_ids)
+                rows["ctc_topm_logp"].append(c_lps)
     return pa.Table.from_pydict(rows, schema=schema)
 
 
@@ -150,7 +158,8 @@ def feature_dataset(paths: list[str], front: FrontEnd, pseudo: PseudoLabels | No
     """A streamed Ray Dataset of featurised utterances (with hypotheses, for `pseudo`), in order."""
     import ray.data
 
-    columns = ["utt_id", "audio", "text"] + (["hyps"] if pseudo is not None else [])
+    columns = ["utt_id", "audio", "text"] + (["hyps"] if pseudo is not None else []) \
+        + (["ctc_topm_ids", "ctc_topm_logp"] if pseudo is not None and pseudo.soft else [])
     ds = ray.data.read_parquet(paths, file_extensions=["parquet"]).select_columns(columns)
     return ds.map_batches(featurize, fn_kwargs={"front": front, "pseudo": pseudo},
                           batch_format="pyarrow", batch_size=32, concurrency=concurrency)
@@ -167,6 +176,7 @@ class Batch:
     hyp_logps: list[list[float]] | None = None
     # per utterance, per hypothesis: (top-M ids, top-M log-probs), each per position x M
     hyp_topm: list[list[tuple[list[list[int]], list[list[float]]]]] | None = None
+    ctc_topm: list[tuple[list[list[int]], list[list[float]]]] | None = None   # per utterance, per frame
 
     @property
     def frames(self) -> int:
@@ -193,7 +203,9 @@ def collate(rows: pa.Table, n_mels: int) -> Batch:
                  feats=feats, lens=torch.tensor(frames, dtype=torch.long),
                  targets=rows.column("tokens").to_pylist(),
                  hyps=rows.column("hyp_tokens").to_pylist() if kd else None,
-                 hyp_logps=rows.column("hyp_logp").to_pylist() if kd else None, hyp_topm=topm)
+                 hyp_logps=rows.column("hyp_logp").to_pylist() if kd else None, hyp_topm=topm,
+                 ctc_topm=list(zip(rows.column("ctc_topm_ids").to_pylist(),
+                                   rows.column("ctc_topm_logp").to_pylist())) if soft else None)
 
 
 def frame_budget_batches(n_frames: list[int], max_frames: int) -> list[list[int]]:

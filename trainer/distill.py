@@ -46,6 +46,7 @@ class SequenceKD:
     word_kd: float = 0.0
     kd_temperature: float = 1.0
     expand: bool = False
+    frame_kd: float = 0.0             # CTC branch: (1 - W) CTC + W KL to the teacher's CTC per frame
 
     def __post_init__(self) -> None:
         hypothesis_weights([0.0], self.weights, self.temperature)   # validates mode and temperature
@@ -53,8 +54,13 @@ class SequenceKD:
             raise ValueError(f"gt_weight must be in [0, 1], not {self.gt_weight}")
         if self.ctc_target not in ("1best", "transcript"):
             raise ValueError(f"ctc_target must be '1best' or 'transcript', not {self.ctc_target!r}")
-        if not 0 <= self.word_kd <= 1 or not self.kd_temperature > 0:
-            raise ValueError("word_kd must be in [0, 1] and kd_temperature > 0")
+        if not 0 <= self.word_kd <= 1 or not 0 <= self.frame_kd <= 1 or not self.kd_temperature > 0:
+            raise ValueError("word_kd and frame_kd must be in [0, 1] and kd_temperature > 0")
+
+    @property
+    def soft(self) -> bool:
+        """Whether the rows must carry the teacher's stored distributions."""
+        return self.word_kd > 0 or self.frame_kd > 0
 
     def batches(self, pools, max_frames: int, n_mels: int, rng) -> Iterator[Batch]:
         return (expanded if self.expand else bucketed)(pools, max_frames, n_mels, rng)
@@ -85,7 +91,14 @@ class SequenceKD:
         length = max(len(t) for h in hyps for t in h) + 1
         targets = soft_targets(soft, length, self.word_kd, self.kd_temperature, feats.device) \
             if self.word_kd else None
-        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc, targets)
+        frames = None
+        if self.frame_kd:
+            if batch.ctc_topm is None:
+                raise ValueError("frame-level KD needs the teacher's CTC top-M in the rows (PseudoLabels.soft)")
+            frames = soft_targets(batch.ctc_topm, max(len(c[0]) for c in batch.ctc_topm), self.frame_kd,
+                                  self.kd_temperature, feats.device)
+        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc, targets,
+                               frames)
         tokens = sum(w * (len(t) + 1) for ts, ws in zip(hyps, weights) for t, w in zip(ts, ws))
         return {**out, "att_per_token": out["att"] * len(hyps) / tokens,
                 "targets_per_utt": torch.tensor(sum(map(len, hyps)) / len(hyps))}
@@ -168,15 +181,16 @@ def distill(recipe: Recipe, labels_dir: str | Path | list, dev_dir: str | Path |
     if nbest is not None and pseudo.k > nbest:
         raise RunError(f"--k {pseudo.k} asks for more hypotheses than the labels hold "
                        f"(labelled with nbest {nbest})")
-    if objective.word_kd and not labels.decode.get("topm"):
-        raise RunError(f"--word-kd needs the teacher's top-M distributions, and the labels in "
-                       f"{labels.path} have none: label again with `seqkd label --topm 8`")
-    pseudo = replace(pseudo, soft=objective.word_kd > 0)
+    if objective.soft and not labels.decode.get("topm"):
+        raise RunError(f"--word-kd / --frame-kd need the teacher's top-M distributions, and the labels "
+                       f"in {labels.path} have none: label again with `seqkd label --topm 8`")
+    pseudo = replace(pseudo, soft=objective.soft)
     kd = {"targets": "kd", "teacher_id": labels.teacher_id, "k": pseudo.k, "max_wer": pseudo.max_wer,
           "weights": objective.weights, "temperature": objective.temperature,
           "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target,
           "word_kd": objective.word_kd, "kd_temperature": objective.kd_temperature,
-          "expand": objective.expand, "label_beam": labels.decode.get("beam")}
+          "expand": objective.expand, "frame_kd": objective.frame_kd,
+          "label_beam": labels.decode.get("beam")}
     summary = train(recipe, dirs, dev_dir, out, resume=resume, objective=objective,
                     tokenizer=labels.tokenizer, pseudo=pseudo, extra_meta=kd)
     return {**summary, **kd}

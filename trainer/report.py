@@ -72,6 +72,8 @@ def targets_label(meta: dict) -> str:
         extra.append(f"WER<={meta['max_wer']}")
     if meta.get("word_kd"):
         extra.append(f"+word-KD {meta['word_kd']:g} T={meta.get('kd_temperature', 1):g}")
+    if meta.get("frame_kd"):
+        extra.append(f"+frame-KD {meta['frame_kd']:g}")
     if meta.get("expand"):
         extra.append("expanded")
     beam = f" b={meta['label_beam']}" if meta.get("label_beam") else ""

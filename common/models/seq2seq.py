@@ -32,6 +32,7 @@ class Losses:
     ctc: torch.Tensor
     acc: float
     kl: torch.Tensor        # word-level KD term (0 without soft targets)
+    frame_kl: torch.Tensor  # frame-level (CTC) KD term (0 without ctc_soft)
 
 
 class Seq2Seq(nn.Module):
@@ -62,7 +63,8 @@ class Seq2Seq(nn.Module):
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]],
                 owner: list[int] | None = None, weights: list[float] | None = None,
-                ctc_targets: list[list[int]] | None = None, soft: SoftTargets | None = None) -> Losses:
+                ctc_targets: list[list[int]] | None = None, soft: SoftTargets | None = None,
+                ctc_soft: SoftTargets | None = None) -> Losses:
         """Joint CTC-attention loss; `forward` so that DDP sees every training step.
 
         Ground truth: one target per utterance. Sequence-level KD: `targets` are hypotheses,
@@ -71,6 +73,8 @@ class Seq2Seq(nn.Module):
         Word-level KD: `soft` holds the teacher's top-M along the target rows; its KL is
         weighted like the rows' cross-entropy and interpolated with it, W = `soft.weight`:
         attention loss = (1 - W) CE + W KL (Kim & Rush 2016), so CTC keeps its share.
+        Frame-level KD: `ctc_soft` holds the teacher CTC head's top-M per encoder frame (one row
+        per utterance, same frame rate); CTC loss = (1 - W) CTC + W KL over the valid frames.
         """
         enc, enc_lens = self.encode(feats, lens)                                  # (B, T', D)
         if owner is None:
@@ -85,7 +89,18 @@ class Seq2Seq(nn.Module):
         valid = ys_out != IGNORE
         a = None if weights is None else torch.tensor(weights, device=enc.device, dtype=per_seq.dtype)
         att = per_seq.mean() if a is None else (a * per_seq).sum() / enc.shape[0]
-        ctc = ctc_loss(self.ctc_log_probs(enc), enc_lens, targets if ctc_targets is None else ctc_targets)
+        ctc_logits = self.ctc(enc)                                                # (B, T', V)
+        ctc = ctc_loss(torch.log_softmax(ctc_logits, dim=-1), enc_lens,
+                       targets if ctc_targets is None else ctc_targets)
+        frame_kl = ctc.new_zeros(())
+        if ctc_soft is not None:
+            if ctc_soft.ids.shape[:2] != ctc_logits.shape[:2]:
+                raise ValueError(f"the teacher's CTC frames {tuple(ctc_soft.ids.shape[:2])} are not the "
+                                 f"student's encoder frames {tuple(ctc_logits.shape[:2])}: frame-level KD "
+                                 f"needs a student with the teacher's frame rate")
+            frames = torch.arange(enc.shape[1], device=enc.device).unsqueeze(0) < enc_lens.unsqueeze(1)
+            frame_kl = word_kd_divergence(ctc_logits, ctc_soft, frames).mean()
+            ctc = (1 - ctc_soft.weight) * ctc + ctc_soft.weight * frame_kl
         w = self.cfg.ctc_weight
         loss = (1 - w) * att + w * ctc
         kl = att.new_zeros(())
@@ -94,7 +109,7 @@ class Seq2Seq(nn.Module):
             kl = per_seq_kl.mean() if a is None else (a * per_seq_kl).sum() / enc.shape[0]
             loss = (1 - w) * ((1 - soft.weight) * att + soft.weight * kl) + w * ctc
         acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
-        return Losses(loss=loss, att=att, ctc=ctc, acc=acc, kl=kl)
+        return Losses(loss=loss, att=att, ctc=ctc, acc=acc, kl=kl, frame_kl=frame_kl)
 
 
 def decoder_io(targets: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
