@@ -108,6 +108,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stopped = progress.stopped_early
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
+        if cache.ready:   # no more data tasks on this node: the worker takes its share of the cores
+            torch.set_num_threads(_cores_per_worker(ctx.get_local_world_size()))
         pools = cache.replay() if cache.ready else cache.record(train_shard.iter_batches(
             batch_size=opt_cfg.bucket_utts, batch_format="pyarrow", prefetch_batches=2))
         batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
@@ -158,6 +160,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                    f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
             "best_step": progress.best_step, "stopped_early": progress.stopped_early}
+
+
+def _cores_per_worker(local_workers: int) -> int:
+    """This node's cores (its CPU affinity) shared among the training workers on it.
+
+    While Ray Data featurises, a worker keeps the one thread Ray gives it; once epochs replay
+    from the feature cache, nothing else runs on the node and the idle cores can train."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, local_workers))
 
 
 class GroundTruth:

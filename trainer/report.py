@@ -63,21 +63,25 @@ def run_name(bundle: Path) -> str:
 def targets_label(meta: dict) -> str:
     if meta.get("targets") != "kd":
         return "GT"
-    extra = [meta.get("weights", "uniform")]
+    extra = []
     if meta.get("weights") == "score":
-        extra.append(f"T={meta.get('temperature')}")
+        extra.append(f"score T={meta.get('temperature')}")
+    elif meta.get("k", 1) > 1:
+        extra.append("uniform")
     if meta.get("gt_weight"):
         extra.append(f"+GT {meta['gt_weight']}")
     if meta.get("max_wer") is not None:
         extra.append(f"WER<={meta['max_wer']}")
     if meta.get("word_kd"):
-        extra.append(f"+word-KD {meta['word_kd']:g} T={meta.get('kd_temperature', 1):g}")
+        extra.append(f"+word {meta['word_kd']:g}")
     if meta.get("frame_kd"):
-        extra.append(f"+frame-KD {meta['frame_kd']:g}")
+        extra.append(f"+frame {meta['frame_kd']:g}")
+    if (meta.get("word_kd") or meta.get("frame_kd")) and meta.get("kd_temperature", 1) != 1:
+        extra.append(f"T={meta['kd_temperature']:g}")
     if meta.get("expand"):
         extra.append("expanded")
     beam = f" b={meta['label_beam']}" if meta.get("label_beam") else ""
-    return f"KD k={meta.get('k')}{beam} " + " ".join(extra)
+    return " ".join([f"KD k={meta.get('k')}{beam}", *extra])
 
 
 def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[dict, dict]:
@@ -250,6 +254,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         for x, y, r in zip(xs, ys, picked):
             ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
     ax.set_xscale("log")
+    sizes = [r.params for r in rows]
+    ax.set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)   # room for the labels, ticks on both sides
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(_params_label))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
