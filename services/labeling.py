@@ -1,7 +1,7 @@
 """Distributed labeling: the teacher's N-best for every utterance of a corpus, with Ray Data.
 
     seqkd label BUNDLE --data D/train --out L/train [--beam 10 --nbest 5 --concurrency 2]
-    ray job submit --working-dir . -- python -m services.labeling BUNDLE --data ... --out ...
+    ray job submit --working-dir . -- python -m seqkd label BUNDLE --data ... --out ...
 
 The pending manifest shards are read as one Ray Dataset; `map_batches` runs the teacher in an
 actor pool (the bundle loaded once per actor, GPUs requested when asked) or, with
@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -32,24 +31,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from common.audio import AudioError
 from common.beam_search import BeamConfig
-from common.corpora.manifest import SCHEMA, shard_paths, write_shard
+from common.corpora.manifest import shard_paths, write_shard
+from common.labels import HYP, INDEX, LABEL_SCHEMA, TOKENIZER
 from common.metrics import error_rates
 
 log = logging.getLogger(__name__)
 
-# topm_ids / topm_logp (null unless labelled with --topm M): per position of the hypothesis (its
-# tokens, then </s>), the teacher decoder's M most likely token ids and their log-probabilities.
-HYP = pa.struct([("text", pa.string()), ("tokens", pa.list_(pa.int32())), ("logp", pa.float32()),
-                 ("topm_ids", pa.list_(pa.list_(pa.int32()))),
-                 ("topm_logp", pa.list_(pa.list_(pa.float16())))])
-# ctc_topm_ids / ctc_topm_logp (null unless --topm): per encoder frame, the teacher CTC head's
-# M most likely token ids (blank included) and log-probabilities, for frame-level KD.
-LABEL_SCHEMA = SCHEMA.append(pa.field("hyps", pa.list_(HYP))) \
-    .append(pa.field("teacher_id", pa.string())).append(pa.field("decode", pa.string())) \
-    .append(pa.field("ctc_topm_ids", pa.list_(pa.list_(pa.int32())))) \
-    .append(pa.field("ctc_topm_logp", pa.list_(pa.list_(pa.float16()))))
-INDEX = "labels.json"
-TOKENIZER = "tokenizer.model"   # the teacher's, copied beside the shards
 FAIL_ENV = "SEQKD_LABEL_FAIL_AFTER"   # fault injection for tests: kill one actor after K batches
 
 
@@ -263,14 +250,3 @@ def _summary(rows_of: dict[str, dict[str, dict]], done: int, skipped: int, secon
         decode_s=seconds, rtf=seconds / max(audio_s, 1e-9),
         mean_hyp_tokens=sum(len(r["hyps"][0]["tokens"]) for r in labelled) / max(len(labelled), 1),
         wer_1best=wer, unusable=len(rows) - len(labelled))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `ray job submit ... -- python -m services.labeling ...` (same as seqkd label)."""
-    from seqkd.cli import main as cli
-
-    return cli(["label", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -86,8 +86,13 @@ class Teacher:
         return self.transcriber.bundle.tokenizer.proto
 
     async def decode(self, audio: bytes, options: dict[str, Any] | None = None) -> dict:
-        """The same decode for Python callers (a DeploymentHandle), e.g. the labeling job."""
-        wave = await asyncio.to_thread(self.transcriber.load, audio)
+        """The same decode for Python callers (a DeploymentHandle), e.g. the labeling job.
+
+        Only audio bytes, as over HTTP: a string would be read as a path on the replica."""
+        if not isinstance(audio, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Teacher.decode takes the audio's bytes, not {type(audio).__name__}: "
+                            f"the service never reads server paths")
+        wave = await asyncio.to_thread(self.transcriber.load, bytes(audio))
         return await self.decode_batch((wave, BeamConfig(**(options or {}))))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)

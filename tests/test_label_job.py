@@ -76,7 +76,7 @@ def test_ray_job_submit_labels_the_corpus(head, synth_corpus, tiny_bundle, tmp_p
     data, out = synth_corpus[0] / "dev", tmp_path / "labels"
     done = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
-         "python", "-m", "services.labeling", str(tiny_bundle[0]), "--data", str(data), "--out", str(out),
+         "python", "-m", "seqkd", "label", str(tiny_bundle[0]), "--data", str(data), "--out", str(out),
          "--beam", "3", "--nbest", "2"],
         env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -12,7 +12,8 @@ import pytest
 from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows, shard_paths
 from common.transcriber import Transcriber
-from services.labeling import FAIL_ENV, LABEL_SCHEMA, LabelError, label
+from common.labels import LABEL_SCHEMA
+from services.labeling import FAIL_ENV, LabelError, label
 
 pytestmark = pytest.mark.slow
 DECODE = BeamConfig(beam=4, nbest=3, ctc_weight=0.3)

@@ -280,3 +280,16 @@ def test_labeling_through_the_deployment_handle(service, synth_corpus, tiny_bund
         want = transcriber.transcribe([source[utt]["audio"]], decode)[0]
         assert [h["tokens"] for h in row["hyps"]] == [n.tokens for n in want.nbest]
         assert row["teacher_id"] == transcriber.bundle.bundle_id
+
+
+def test_the_handle_decodes_bytes_and_refuses_paths(service, speech_dir):
+    """Python callers get the HTTP rules: audio bytes only, never a path read on the replica."""
+    from ray import serve
+
+    handle = serve.get_app_handle("teacher")
+    audio = (speech_dir / "utt0.wav").read_bytes()
+    assert handle.decode.remote(audio, {"beam": 2}).result()["text"] is not None
+    for path in (str(speech_dir / "utt0.wav"), speech_dir / "utt0.wav"):
+        with pytest.raises(Exception, match="takes the audio's bytes"):
+            handle.decode.remote(path).result()
+    assert handle.decode.remote(audio).result()["nbest"]   # the replica still serves

@@ -21,8 +21,8 @@ import torch
 
 from common.corpora.manifest import shard_paths
 from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
+from common.labels import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
-from services.labeling import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from trainer.data import Batch, PseudoLabels, bucketed, expanded
 from trainer.recipe import Recipe
 from trainer.run import RunError, RunPaths, train
