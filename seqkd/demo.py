@@ -53,7 +53,7 @@ class DemoSettings:
     teacher: str = "teacher"
 
 
-FULL = DemoSettings(train=2400, dev=200, test=500, students=("student_small",))
+FULL = DemoSettings(train=2000, dev=100, test=500, students=("student_small",))
 QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1,
                      students=("student_small",), max_steps=4,
                      label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3, topm=4),

@@ -67,9 +67,14 @@ class LabelSummary:
 class TeacherLabeler:
     """Ray Data actor: one teacher per actor, a batch of manifest rows in, the same rows + N-best out."""
 
-    def __init__(self, bundle: str, decode: dict, device: str, fail_after: int, marker: str) -> None:
+    def __init__(self, bundle: str, decode: dict, device: str, fail_after: int, marker: str,
+                 threads: int = 1) -> None:
+        import torch
+
         from common.transcriber import Transcriber
 
+        # Ray gives an actor one thread; the search takes its share of the cores (of this node)
+        torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
         self.transcriber = Transcriber(bundle, device=device)
         self.cfg = BeamConfig(**decode)
         self.decode_json = json.dumps(decode, sort_keys=True)
@@ -168,7 +173,7 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
                 TeacherLabeler, batch_format="pyarrow", batch_size=batch_size, concurrency=concurrency,
                 num_gpus=num_gpus or None,
                 fn_constructor_args=(str(bundle), settings, "cuda" if num_gpus else "cpu", fail_after,
-                                     str(out / ".fault_injected")))
+                                     str(out / ".fault_injected"), max(1, int(cpus) // concurrency)))
         columns = [TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
                    TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
                    TimeRemainingColumn()]

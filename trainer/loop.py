@@ -109,7 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         if cache.ready:   # no more data tasks on this node: the worker takes its share of the cores
-            torch.set_num_threads(_cores_per_worker(ctx.get_local_world_size()))
+            torch.set_num_threads(recipe.scaling.cpu_threads or _cores_per_worker(ctx.get_local_world_size()))
         pools = cache.replay() if cache.ready else cache.record(train_shard.iter_batches(
             batch_size=opt_cfg.bucket_utts, batch_format="pyarrow", prefetch_batches=2))
         batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)

@@ -78,10 +78,15 @@ class ScalingRecipe:
     num_workers: int = 1
     use_gpu: Literal["auto", True, False] = "auto"   # auto: GPUs when the cluster has them
     max_failures: int = 0              # Ray Train restarts from the last checkpoint this often
+    # CPU threads of a worker once epochs replay from the feature cache; null: the node's cores
+    # shared among its workers (small models can be faster on one thread than on two)
+    cpu_threads: int | None = None
 
     def validate(self) -> None:
         if self.num_workers < 1 or self.max_failures < 0:
             raise ValueError("num_workers must be >= 1 and max_failures >= 0")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError("cpu_threads must be >= 1 (or null: the node's cores)")
 
 
 @dataclass
