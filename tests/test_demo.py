@@ -38,7 +38,7 @@ def test_quick_demo_reports_teacher_gt_and_kd_students(quick_demo):
     assert kd["ci95"][0] <= kd["wer_diff_vs_gt"] <= kd["ci95"][1] and 0 < kd["p_value"] <= 1
     assert gt["wer_diff_vs_gt"] is None and teacher["p_value"] is None
     assert all(r["wer_ci95"][0] <= r["wer"] <= r["wer_ci95"][1] for r in rows)
-    assert kd["steps"] == gt["steps"] == 4 and kd["train_s"] > 0
+    assert kd["steps"] == gt["steps"] >= 1 and kd["train_s"] > 0   # the same budget
     assert (out / "report" / "dev_curves.png").stat().st_size > 1000
     md = (out / "report" / "report.md").read_text()
     assert all(r["name"] in md for r in rows) and "GT twin [95% CI]" in md
