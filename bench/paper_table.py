@@ -93,9 +93,7 @@ class Study:
         if (run_dir / "bundle").is_dir():
             return run_dir
         recipe = load_recipe(CONF / f"{SIZES[size]}.yaml", {"optim": {"seed": seed}})
-        if config.epochs_divisor > 1:
-            recipe = load_recipe(CONF / f"{SIZES[size]}.yaml", {"optim": {
-                "seed": seed, "epochs": max(1, recipe.optim.epochs // config.epochs_divisor)}})
+        recipe.optim.epochs = max(1, recipe.optim.epochs // config.epochs_divisor)
         resume, began = (run_dir / "ray").exists(), time.perf_counter()
         if config.labels is None:
             tokenizer = Tokenizer.load(self.teacher / "tokenizer.model")

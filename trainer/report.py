@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,14 +154,7 @@ def gt_twin(row: Row, rows: list[Row]) -> Row | None:
     if row.role != "kd":
         return None
     twins = [r for r in rows if r.role == "gt" and r.recipe == row.recipe]
-    return max(twins, key=lambda r: (len(_common_prefix(r.name, row.name)), r.name), default=None)
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
+    return max(twins, key=lambda r: (len(os.path.commonprefix([r.name, row.name])), r.name), default=None)
 
 
 def _teacher(bundles: list[Path], metas: dict, ids: dict, named: str | Path | None) -> Path:
