@@ -4,10 +4,14 @@ The student learns the teacher's beam-search N-best instead of (or beside) the t
 
     L = (1 - w_ctc) * sum_u sum_k a_uk * CE(student decoder | hyp_uk) / U  +  w_ctc * CTC
 
-The encoder runs once per utterance; its output rows are gathered by index for the k
-hypotheses of each utterance, which then run through the decoder as extra rows of one batch
-(`Seq2Seq.forward` with `owner` and `weights`). The features are never copied, and one
-encoder pass serves all k targets.
+The encoder runs once per utterance, and the decoder once per unique prefix of its k
+hypotheses: N-best lists differ mostly in their last tokens, so the hypotheses of an utterance
+are merged into a prefix trie (`common/models/trie.py`), the decoder is teacher-forced over its
+unique nodes, and each hypothesis's logits are gathered from the nodes on its path
+(`Seq2Seq.forward` with `owner`, `weights` and `share_prefixes`). Losses and gradients are those
+of decoding every hypothesis as its own row (`share_prefixes=False`, the flat path) up to float
+rounding; with dropout in the decoder, hypotheses share the dropout mask of a shared prefix
+(the same expected gradient). The features are never copied.
 
 Word-level KD (Hinton et al. 2015; Kim & Rush 2016's word-KD) interpolates the attention
 branch's cross-entropy with, along every hypothesis,
@@ -99,11 +103,13 @@ def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Te
                      hyps: list[list[list[int]]], weights: list[list[float]],
                      ctc_targets: list[list[int]],
                      soft: SoftTargets | None = None,
-                     ctc_soft: SoftTargets | None = None) -> dict[str, torch.Tensor]:
+                     ctc_soft: SoftTargets | None = None,
+                     share_prefixes: bool = True) -> dict[str, torch.Tensor]:
     """feats (B, T, F), lens (B,); hyps[u] = the k_u token lists of utterance u, weights[u] their
     a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript); `soft`, the
     teacher's top-M along every hypothesis row (word-level KD), rows in the same order;
-    `ctc_soft`, the teacher CTC head's top-M per frame, one row per utterance (frame-level KD).
+    `ctc_soft`, the teacher CTC head's top-M per frame, one row per utterance (frame-level KD);
+    `share_prefixes` False decodes every hypothesis as its own row (the flat path, for comparison).
 
     Goes through the model's `forward`, so a DDP-wrapped student synchronises its gradients.
     """
@@ -112,6 +118,6 @@ def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Te
     out = model(feats, lens, [t for h in hyps for t in h],
                 owner=[u for u, h in enumerate(hyps) for _ in h],
                 weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets, soft=soft,
-                ctc_soft=ctc_soft)
+                ctc_soft=ctc_soft, share_prefixes=share_prefixes)
     return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(), "kl": out.kl.detach(),
             "frame_kl": out.frame_kl.detach()}

@@ -12,7 +12,8 @@ from torch import nn
 
 from common.models.attention import LocationAwareAttention
 from common.models.config import LSTMDecoderConfig
-from common.models.rows import Rows, lengths_to_mask
+from common.models.rows import Rows, lengths_to_mask, select_rows
+from common.models.trie import PrefixTrie
 
 
 class LSTMAttentionDecoder(nn.Module):
@@ -37,7 +38,7 @@ class LSTMAttentionDecoder(nn.Module):
         enc, mask = memory["enc"], memory["mask"]
         n = enc.shape[0]
         zeros = enc.new_zeros(n, self.cfg.layers, self.cfg.hidden)  # (N, layers, H)
-        prev = mask.float() / memory["lens"].unsqueeze(1).float()  # uniform over valid frames
+        prev = mask.to(enc.dtype) / memory["lens"].unsqueeze(1).to(enc.dtype)  # uniform over valid frames
         return {"h": zeros, "c": zeros.clone(), "ctx": enc.new_zeros(n, enc.shape[2]), "att": prev}
 
     def step(self, tokens: torch.Tensor, state: Rows, memory: Rows) -> tuple[torch.Tensor, Rows]:
@@ -71,3 +72,14 @@ class LSTMAttentionDecoder(nn.Module):
             logits, state = self._step(ys_in[:, t], state, memory)
             out.append(logits)
         return torch.stack(out, dim=1)
+
+    def forward_trie(self, memory: Rows, trie: PrefixTrie) -> torch.Tensor:
+        """Teacher forcing over a prefix trie, memory one row per utterance -> logits (M, V) of its
+        nodes. One step per level over its unique nodes, each continuing its parent's state (the
+        LSTM state, context and previous alignment all belong to the prefix, so sharing is exact)."""
+        state, out = self.init_state(memory), []
+        for level, above in trie.levels():
+            state = select_rows(state, above)
+            logits, state = self._step(trie.token[level], state, select_rows(memory, trie.owner[level]))
+            out.append(logits)
+        return torch.cat(out)

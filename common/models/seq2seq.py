@@ -20,6 +20,7 @@ from common.models.conformer import ConformerEncoder
 from common.models.lstm_decoder import LSTMAttentionDecoder
 from common.models.pblstm import PyramidalBLSTMEncoder
 from common.models.transformer_decoder import TransformerDecoder
+from common.models.trie import build_trie
 from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
 
 IGNORE = -100
@@ -64,12 +65,14 @@ class Seq2Seq(nn.Module):
     def forward(self, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]],
                 owner: list[int] | None = None, weights: list[float] | None = None,
                 ctc_targets: list[list[int]] | None = None, soft: SoftTargets | None = None,
-                ctc_soft: SoftTargets | None = None) -> Losses:
+                ctc_soft: SoftTargets | None = None, share_prefixes: bool = False) -> Losses:
         """Joint CTC-attention loss; `forward` so that DDP sees every training step.
 
         Ground truth: one target per utterance. Sequence-level KD: `targets` are hypotheses,
         `owner[i]` the utterance of hypothesis i and `weights[i]` its weight (summing to 1
         per utterance); the encoder runs once per utterance and its rows are gathered by index.
+        `share_prefixes` decodes the rows of an utterance once per unique prefix (a trie; same
+        losses and gradients, less decoder work where hypotheses share prefixes).
         Word-level KD: `soft` holds the teacher's top-M along the target rows; its KL is
         weighted like the rows' cross-entropy and interpolated with it, W = `soft.weight`:
         attention loss = (1 - W) CE + W KL (Kim & Rush 2016), so CTC keeps its share.
@@ -77,14 +80,8 @@ class Seq2Seq(nn.Module):
         per utterance, same frame rate); CTC loss = (1 - W) CTC + W KL over the valid frames.
         """
         enc, enc_lens = self.encode(feats, lens)                                  # (B, T', D)
-        if owner is None:
-            rows_enc, rows_lens = enc, enc_lens
-        else:
-            index = torch.tensor(owner, device=enc.device)                        # (N,)
-            rows_enc, rows_lens = enc.index_select(0, index), enc_lens.index_select(0, index)
-        memory = self.decoder.prepare(rows_enc, rows_lens)
-        ys_in, ys_out = decoder_io(targets, enc.device)
-        logits = self.decoder(memory, ys_in)                                      # (N, L, V)
+        logits = self.teacher_forced(enc, enc_lens, targets, owner, share_prefixes)  # (N, L, V)
+        _, ys_out = decoder_io(targets, enc.device)
         per_seq = attention_loss(logits, ys_out, self.cfg.label_smoothing, reduction="none")
         valid = ys_out != IGNORE
         a = None if weights is None else torch.tensor(weights, device=enc.device, dtype=per_seq.dtype)
@@ -110,6 +107,21 @@ class Seq2Seq(nn.Module):
             loss = (1 - w) * ((1 - soft.weight) * att + soft.weight * kl) + w * ctc
         acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
         return Losses(loss=loss, att=att, ctc=ctc, acc=acc, kl=kl, frame_kl=frame_kl)
+
+    def teacher_forced(self, enc: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]],
+                       owner: list[int] | None = None, share_prefixes: bool = False) -> torch.Tensor:
+        """enc (B, T', D) -> decoder logits (N, L, V) along every target row [</s> y], L = longest + 1
+        (anything past a row's end). Row i belongs to utterance owner[i] (default: row i); with
+        `share_prefixes` the decoder runs over the rows' prefix trie, once per unique prefix, and
+        each row's logits are gathered from the nodes on its path."""
+        if owner is not None and share_prefixes:
+            trie = build_trie(targets, owner, enc.device)
+            return self.decoder.forward_trie(self.decoder.prepare(enc, enc_lens), trie)[trie.path]
+        if owner is not None:
+            index = torch.tensor(owner, device=enc.device)                        # (N,)
+            enc, enc_lens = enc.index_select(0, index), enc_lens.index_select(0, index)
+        ys_in, _ = decoder_io(targets, enc.device)
+        return self.decoder(self.decoder.prepare(enc, enc_lens), ys_in)
 
 
 def decoder_io(targets: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,8 @@ from torch import nn
 from common.models.config import TransformerDecoderConfig
 from common.models.conformer import sinusoidal_positions
 from common.models.rows import Rows, lengths_to_mask
+from common.models.trie import PrefixTrie
+from common.tokenizer import EOS_ID
 
 
 class TransformerDecoder(nn.Module):
@@ -47,8 +49,28 @@ class TransformerDecoder(nn.Module):
     def forward(self, memory: Rows, ys_in: torch.Tensor) -> torch.Tensor:
         """ys_in (N, L) -> logits (N, L, V) with a causal mask."""
         length = ys_in.shape[1]
-        x = self.embed(ys_in) * math.sqrt(self.cfg.d_model)
-        x = self.dropout(x + sinusoidal_positions(length, self.cfg.d_model, x.device))
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
-        y = self.layers(x, memory["enc"], tgt_mask=causal, memory_key_padding_mask=memory["pad"])
-        return self.output(y)
+        positions = torch.arange(length, device=ys_in.device)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ys_in.device), 1)
+        return self.output(self._hidden(memory, ys_in, positions, causal))
+
+    def forward_trie(self, memory: Rows, trie: PrefixTrie) -> torch.Tensor:
+        """Teacher forcing over a prefix trie, memory one row per utterance -> logits (M, V) of its
+        nodes. An utterance's unique nodes are one sequence (S slots) with a tree mask: each node
+        attends to itself and its ancestors at position = depth, exactly the keys and positions
+        of that prefix in a causal row."""
+        b = memory["enc"].shape[0]
+        blocked = ~trie.ancestors(b)                                              # (B, S, S)
+        tokens = torch.full(blocked.shape[:2], EOS_ID, dtype=torch.long, device=blocked.device)
+        positions = torch.zeros_like(tokens)
+        tokens[trie.owner, trie.slot], positions[trie.owner, trie.slot] = trie.token, trie.depth
+        hidden = self._hidden(memory, tokens, positions, blocked.repeat_interleave(self.cfg.heads, 0))
+        return self.output(hidden[trie.owner, trie.slot])
+
+    def _hidden(self, memory: Rows, tokens: torch.Tensor, positions: torch.Tensor,
+                blocked: torch.Tensor) -> torch.Tensor:
+        """tokens (N, L) at positions (L,) or (N, L), blocked (L, L) or (N x heads, L, L) True where
+        a query may not attend -> the last layer's output (N, L, d_model)."""
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
+        table = sinusoidal_positions(int(positions.max()) + 1, self.cfg.d_model, x.device)
+        x = self.dropout(x + table[positions])
+        return self.layers(x, memory["enc"], tgt_mask=blocked, memory_key_padding_mask=memory["pad"])
