@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -68,6 +70,7 @@ class Demo:
         self.console = console or wide_console()
         self.log_path = self.out / "demo.json"
         self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.exists() else {}
+        self.log_lock = threading.Lock()
 
     @property
     def data(self) -> Path:
@@ -85,10 +88,8 @@ class Demo:
             self.stage_serve(teacher)
             labels = self.stage_label(teacher)
             runs = [teacher]
-            for student in self.s.students:   # both on the teacher's tokenizer: only targets differ
-                runs.append(self.stage_train(student, self.s.student_epochs, name=f"{student}_gt",
-                                             tokenizer=labels / "tokenizer.model"))
-                runs.append(self.stage_distill(student, labels))
+            for student in self.s.students:
+                runs += self.stage_students(student, labels)
             rows = self.stage_report(runs, teacher)
         finally:
             ray.shutdown()
@@ -115,19 +116,35 @@ class Demo:
                                 for s in ("train", "dev", "test")}})
 
     def stage_train(self, recipe_name: str, epochs: int | None, name: str | None = None,
-                    tokenizer: Path | None = None) -> Path:
+                    tokenizer: Path | None = None, scaling: dict | None = None) -> Path:
         from common.tokenizer import Tokenizer
         from trainer.run import train
 
-        recipe = self.recipe(recipe_name, epochs)
+        recipe = self.recipe(recipe_name, epochs, scaling)
         return self.run_once(name or recipe_name, lambda run_dir, resume: train(
             recipe, self.data / "train", self.data / "dev", run_dir, resume=resume,
             tokenizer=Tokenizer.load(tokenizer) if tokenizer else None))
 
-    def stage_distill(self, recipe_name: str, labels: Path) -> Path:
+    def stage_students(self, recipe_name: str, labels: Path) -> list[Path]:
+        """The GT and KD twins of one student recipe, trained side by side.
+
+        Both learn on the teacher's tokenizer, so only their targets differ. The students' recipes
+        train on one thread, so two runs at once use the node's two cores and take the time of one;
+        Ray accounts half a CPU to each worker so that their featurisation tasks still find a CPU.
+        Both twins run under the same sharing, so their steps and seconds stay comparable.
+        """
+        share = {"cpus_per_worker": 0.5}
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="student") as pool:
+            gt = pool.submit(self.stage_train, recipe_name, self.s.student_epochs,
+                             name=f"{recipe_name}_gt", tokenizer=labels / "tokenizer.model",
+                             scaling=share)
+            kd = pool.submit(self.stage_distill, recipe_name, labels, scaling=share)
+            return [gt.result(), kd.result()]
+
+    def stage_distill(self, recipe_name: str, labels: Path, scaling: dict | None = None) -> Path:
         from trainer.distill import distill
 
-        recipe = self.recipe(recipe_name, self.s.student_epochs)
+        recipe = self.recipe(recipe_name, self.s.student_epochs, scaling)
         return self.run_once(f"{recipe_name}_kd", lambda run_dir, resume: distill(
             recipe, labels, self.data / "dev", run_dir, self.s.pseudo, self.s.kd, resume=resume))
 
@@ -204,13 +221,13 @@ class Demo:
         return rows
 
     # ----------------------------------------------------------------------------- helpers
-    def recipe(self, name: str, epochs: int | None):
+    def recipe(self, name: str, epochs: int | None, scaling: dict | None = None):
         from trainer.recipe import load_recipe
 
         optim: dict[str, Any] = {"epochs": epochs, "seed": self.s.seed}
         if self.s.max_steps:
             optim.update(max_steps=self.s.max_steps, log_every=1, checkpoint_every=1000)
-        return load_recipe(CONF / f"{name}.yaml", {"optim": optim})
+        return load_recipe(CONF / f"{name}.yaml", {"optim": optim, "scaling": scaling or {}})
 
     def run_once(self, name: str, run: Callable[[Path, bool], dict]) -> Path:
         """A training stage: reuse a finished run, resume a started one, else start it."""
@@ -228,11 +245,13 @@ class Demo:
         self.console.print(f"[bold]{stage}[/]:", *what)
 
     def record(self, stage: str, facts: dict) -> None:
-        """One line per stage, in numbers, and the same facts in demo.json."""
-        self.log[stage] = facts
-        tmp = self.log_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.log, indent=2, default=str))
-        tmp.replace(self.log_path)
+        """One line per stage, in numbers, and the same facts in demo.json (two stages may end
+        at once: the students train side by side)."""
+        with self.log_lock:
+            self.log[stage] = facts
+            tmp = self.log_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.log, indent=2, default=str))
+            tmp.replace(self.log_path)
         shown = facts.get("summary") or ", ".join(
             f"{k} {v}" for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
         self.say(stage, shown)

@@ -144,9 +144,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     ray.train.report(metrics)
             if stopped:
                 break
-        if not stopped:
+        epoch_done = not stopped
+        if epoch_done:
             progress.epoch += 1
-            progress.batch_in_epoch = 0
+            epoch_steps, progress.batch_in_epoch = progress.batch_in_epoch, 0
+        dev_began = time.perf_counter()
         scores = dev.evaluate(core, opt_cfg.dev_beam, device) if dev is not None else {}
         if scores:
             progress.history.append({"epoch": progress.epoch, "step": progress.step, **scores})
@@ -156,8 +158,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
             elif opt_cfg.patience and progress.epoch - progress.best_epoch >= opt_cfg.patience:
                 progress.stopped_early = stopped = True
-        checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **scores},
-                   f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
+        timing = {"dev_s": round(time.perf_counter() - dev_began, 2)} if scores else {}
+        # a whole epoch's batches: the same count every epoch (the pools are fixed, only their
+        # order is shuffled), so the driver's progress bar learns the run's exact length
+        counted = {"epoch_steps": epoch_steps} if epoch_done else {}
+        checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **scores,
+                    **timing, **counted}, f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
             "best_step": progress.best_step, "stopped_early": progress.stopped_early}
 

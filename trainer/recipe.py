@@ -81,12 +81,17 @@ class ScalingRecipe:
     # CPU threads of a worker once epochs replay from the feature cache; null: the node's cores
     # shared among its workers (small models can be faster on one thread than on two)
     cpu_threads: int | None = None
+    # Ray's CPU accounting for one CPU worker: below 1 lets runs of one-thread workers train side
+    # by side on a node and still leave a CPU to their featurisation tasks (the demo's students)
+    cpus_per_worker: float = 1.0
 
     def validate(self) -> None:
         if self.num_workers < 1 or self.max_failures < 0:
             raise ValueError("num_workers must be >= 1 and max_failures >= 0")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError("cpu_threads must be >= 1 (or null: the node's cores)")
+        if not self.cpus_per_worker > 0:
+            raise ValueError("cpus_per_worker must be > 0")
 
 
 @dataclass

@@ -149,7 +149,9 @@ def train(recipe: Recipe, train_dir: str | Path | list, dev_dir: str | Path | No
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"recipe": recipe.to_dict(), "front": front, "has_dev": dev_dir is not None,
                            "run_dir": str(paths.root), "objective": objective},
-        scaling_config=ScalingConfig(num_workers=recipe.scaling.num_workers, use_gpu=bool(use_gpu)),
+        scaling_config=ScalingConfig(
+            num_workers=recipe.scaling.num_workers, use_gpu=bool(use_gpu),
+            resources_per_worker=None if use_gpu else {"CPU": recipe.scaling.cpus_per_worker}),
         run_config=RunConfig(
             name=RUN_NAME, storage_path=str(paths.storage),
             failure_config=FailureConfig(max_failures=recipe.scaling.max_failures),
@@ -160,7 +162,8 @@ def train(recipe: Recipe, train_dir: str | Path | list, dev_dir: str | Path | No
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts),
     )
     began = time.perf_counter()
-    with ProgressDisplay(paths.metrics, estimate_steps(recipe, shards)):
+    with ProgressDisplay(paths.metrics, paths.root.name, estimate_steps(recipe, shards),
+                         recipe.optim.epochs, recipe.optim.max_steps):
         result = trainer.fit()
     seconds = time.perf_counter() - began
     if result.checkpoint is None:
@@ -204,18 +207,35 @@ def estimate_steps(recipe: Recipe, shards: list[Path]) -> int:
 
 
 class ProgressDisplay:
-    """A rich progress bar on the driver, fed by metrics.jsonl while `fit()` blocks."""
+    """A rich progress bar on the driver, fed by metrics.jsonl while `fit()` blocks.
 
-    def __init__(self, metrics: Path, total: int) -> None:
-        self.metrics, self.total = metrics, total
-        self.stop = threading.Event()
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    The total starts as an estimate from the audio's duration (shown with a `~`) and becomes exact
+    when the first epoch ends and reports its batch count. Runs that train at once in one process
+    (the demo's two students) share one live display, a bar each: rich allows one per console.
+    """
+
+    _lock = threading.Lock()
+    _shared: Progress | None = None
+    _users = 0
+
+    def __init__(self, metrics: Path, name: str, estimate: int, epochs: int,
+                 max_steps: int | None) -> None:
+        self.metrics, self.name = metrics, name
+        self.total, self.exact = estimate, bool(max_steps)
+        self.epochs, self.max_steps = epochs, max_steps
 
     def __enter__(self) -> "ProgressDisplay":
         self.offset = self.metrics.stat().st_size if self.metrics.exists() else 0
-        self.task = self.progress.add_task("steps", total=self.total, info="starting Ray Train")
-        self.progress.start()
+        with ProgressDisplay._lock:
+            if ProgressDisplay._shared is None:
+                ProgressDisplay._shared = Progress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+                ProgressDisplay._shared.start()
+            ProgressDisplay._users += 1
+            self.progress = ProgressDisplay._shared
+            self.task = self.progress.add_task(self._label(), total=self.total, info="starting Ray Train")
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
         return self
@@ -224,7 +244,18 @@ class ProgressDisplay:
         self.stop.set()
         self.thread.join()
         self._poll()
-        self.progress.stop()
+        done = self.progress.tasks[self.task].completed if exc[0] is None else None
+        if done is not None:   # finished (or stopped early): the bar ends full
+            self.exact = True
+            self.progress.update(self.task, total=done, description=self._label())
+        with ProgressDisplay._lock:
+            ProgressDisplay._users -= 1
+            if ProgressDisplay._users == 0:
+                self.progress.stop()
+                ProgressDisplay._shared = None
+
+    def _label(self) -> str:
+        return f"{self.name}" if self.exact else f"{self.name} (~total)"
 
     def _follow(self) -> None:
         while not self.stop.wait(1.0):
@@ -242,10 +273,18 @@ class ProgressDisplay:
             if m.get("kind") == "train":
                 info = (f"epoch {m['epoch']} loss {m['loss']:.3f} {m['utts_per_s']:.1f} utts/s "
                         f"{m['frames_per_s']:.0f} frames/s")
-            elif "dev_wer" in m:
-                info = f"epoch {m['epoch']} dev WER {100 * m['dev_wer']:.2f}% loss {m['dev_loss']:.3f}"
-                self.progress.console.print(f"step {m['step']}: {info}")
+            elif m.get("kind") == "epoch":
+                if "epoch_steps" in m and not self.exact:
+                    self.total = m["epoch_steps"] * self.epochs
+                    self.total = min(self.total, self.max_steps) if self.max_steps else self.total
+                    self.exact = True
+                info = f"epoch {m['epoch']}"
+                if "dev_wer" in m:
+                    info += (f" dev WER {100 * m['dev_wer']:.2f}% loss {m['dev_loss']:.3f} "
+                             f"({m['dev_s']:.1f} s)")
+                self.progress.console.print(f"{self.name} step {m['step']}: {info}")
             else:
                 continue
             self.total = max(self.total, m["step"])
-            self.progress.update(self.task, completed=m["step"], total=self.total, info=info)
+            self.progress.update(self.task, completed=m["step"], total=self.total, info=info,
+                                 description=self._label())
