@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import socket
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -229,6 +232,57 @@ def test_bad_inputs_get_a_clear_4xx_and_the_service_keeps_serving(service, speec
         ok = post(service, good, params={"beam": 2})
         assert ok.status_code == 200 and ok.json()["text"] == SENTENCES[0], what
     assert service.get("/v1/model").status_code == 401
+
+
+def _replica_pid() -> int:
+    """This session's teacher replica (Ray titles it `ray::ServeReplica:teacher:Teacher`), found
+    among this process's descendants, since other Ray clusters may run on the machine."""
+    def parent(pid: int) -> int:
+        return int(re.search(r"PPid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent(pid)
+            if pid == os.getpid():
+                return True
+        return False
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ServeReplica:teacher" in (entry / "cmdline").read_bytes() \
+                    and ours(int(entry.name)):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def _peak_rss(pid: int) -> int:
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1)) * 1024
+
+
+def test_hours_of_audio_under_the_upload_limit_get_413_fast(service, speech):
+    """A 0.5 MB FLAC of 3 h of silence (690 MB as float32) is refused at once, from its header or,
+    with the length left out of the header, after decoding just past the 20 s limit; the replica's
+    peak RSS (VmHWM, reset before each request) barely moves and the next request is answered."""
+    from tests.test_audio import flac_claiming, silent_flac
+
+    three_hours = silent_flac(3 * 3600)
+    assert len(three_hours) < MAX_UPLOAD
+    replica = _replica_pid()
+    for body, words in ((three_hours, "audio is 10800.0 s long"),
+                        (flac_claiming(three_hours, 0), "audio is at least 2")):
+        Path(f"/proc/{replica}/clear_refs").write_text("5")   # VmHWM := the current RSS
+        before, began = _peak_rss(replica), time.perf_counter()
+        answer = post(service, body, "audio/flac")
+        elapsed, grown = time.perf_counter() - began, _peak_rss(replica) - before
+        assert answer.status_code == 413, answer.text
+        assert words in answer.json()["detail"] and "the limit is 20 s" in answer.json()["detail"]
+        assert elapsed < 2.0 and grown < 64 * 2**20, (elapsed, grown)
+        ok = post(service, speech["utt0.wav"], params={"beam": 2})
+        assert ok.status_code == 200 and ok.json()["text"] == SENTENCES[0]
 
 
 def test_serve_config_is_valid_for_ray_serve(tiny_bundle):
