@@ -2,12 +2,18 @@
 
     python bench/train_stream.py --data D/train [--config conf/student_medium.yaml]
                                  [--steps 60 --skip 10 --max-frames 8000] [--json out.json]
+    python bench/train_stream.py --whole-run --data D/train [--dev D/dev]
+                                 [--config conf/student_small.yaml] [--json out.json]
 
-Same recipe, same model initialisation, same batches in the same order, one torch thread each:
+Same recipe, same model initialisation, same batches in the same order, the recipe's threads:
   in-memory   every utterance featurised up front into tensors, then a bare PyTorch loop
   ray-train   `trainer.run.train`: Ray Data decodes FLAC and computes features in tasks
               while the Ray Train worker trains on what streams in
-Step time is measured over steps skip+1..steps (after start-up), from the Train reports.
+Steps mode: step time over steps skip+1..steps (after start-up), from the Train reports.
+Whole-run mode: wall time of every epoch of the recipe, start-up included: the plain loop from
+its CMVN estimate and featurisation to its last step; `train` from `ray.init` to the installed
+bundle (front end, Ray Train and Ray Data start-up, epoch checkpoints), without and (`--dev`)
+with the per-epoch dev decode.
 """
 
 from __future__ import annotations
@@ -40,8 +46,13 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=10, help="start-up steps left out of the timing")
     ap.add_argument("--max-frames", type=int, default=8000)
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--whole-run", action="store_true",
+                    help="time whole runs of the recipe's epochs, start-up included")
+    ap.add_argument("--dev", help="--whole-run: also time a run with this dev set decoded per epoch")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.whole_run:
+        return whole_run(args)
     overrides = {"optim": {"max_steps": args.steps, "epochs": 1, "log_every": args.skip,
                            "checkpoint_every": 10 * args.steps, "max_frames": args.max_frames}}
     recipe = load_recipe(args.config, overrides)
@@ -49,7 +60,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, "plain")))
-        plain_s = plain_loop(recipe, front, Path(args.data), args.steps, args.skip)
+        plain_s, _ = plain_loop(recipe, front, Path(args.data), args.steps, args.skip)
+        plain_s /= args.steps - args.skip
 
         import ray
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
@@ -76,31 +88,76 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
-def plain_loop(recipe, front, data: Path, steps: int, skip: int) -> float:
-    """The same steps as the Ray Train loop, over batches featurised before the clock starts."""
+def whole_run(args: argparse.Namespace) -> None:
+    """Every epoch of the recipe, start-up included: a plain loop against `seqkd train`."""
+    import ray
+
+    recipe = load_recipe(args.config)
+    threads = recipe.scaling.cpu_threads or args.num_cpus
+    torch.set_num_threads(threads)
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, "plain")))
+        _, steps = plain_loop(recipe, front, Path(args.data), None, 0)
+        seconds["plain"] = time.perf_counter() - began
+        for name, dev in [("ray_train", None)] + ([("ray_train_dev", args.dev)] if args.dev else []):
+            began = time.perf_counter()
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+            summary = train(recipe, args.data, dev, Path(tmp, name))
+            ray.shutdown()
+            seconds[name] = time.perf_counter() - began
+            assert summary["steps"] == steps, (summary["steps"], steps)   # the same work
+
+    params = Seq2Seq(recipe.model, recipe.features.n_mels, 40).num_params()
+    result = {"mode": "whole-run", "config": args.config, "params": params, "steps": steps,
+              "epochs": recipe.optim.epochs, "threads": threads, "num_cpus": args.num_cpus,
+              "seconds": {k: round(v, 1) for k, v in seconds.items()},
+              "ratio": {k: round(v / seconds["plain"], 3) for k, v in seconds.items() if k != "plain"}}
+    table = Table(title=f"whole training run, {recipe.name} ({params / 1e6:.2f}M params), "
+                        f"{recipe.optim.epochs} epochs, {steps} steps, {threads} thread(s)")
+    for col in ["loop", "s", "vs plain"]:
+        table.add_column(col, justify="right")
+    labels = {"plain": "plain loop over features computed up front",
+              "ray_train": "seqkd train (Ray Train + Ray Data)",
+              "ray_train_dev": "seqkd train, dev WER every epoch"}
+    for name, s in seconds.items():
+        table.add_row(labels[name], f"{s:.1f}", f"{s / seconds['plain']:.2f}x")
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def plain_loop(recipe, front, data: Path, steps: int | None, skip: int) -> tuple[float, int]:
+    """The Ray Train loop's steps over batches featurised before the clock starts: the seconds
+    from step skip+1 to the last, and the steps taken (`steps` None: the recipe's epochs)."""
     table = featurize(read_table(data, ["utt_id", "audio", "text"]), front)
     opt = recipe.optim
     pools = [table.slice(i, opt.bucket_utts) for i in range(0, table.num_rows, opt.bucket_utts)]
-    batches = list(bucketed(pools, opt.max_frames, recipe.features.n_mels,
-                            random.Random(f"{opt.seed}:0:0")))[:steps]
     torch.manual_seed(opt.seed)
     model = Seq2Seq(recipe.model, recipe.features.n_mels, tokenizer_of(front).vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opt.warmup_steps))
     augment, objective = SpecAugment(recipe.specaugment), GroundTruth()
+    augment.train(opt.specaugment)
     model.train()
-    began = 0.0
-    for step, batch in enumerate(batches, start=1):
-        if step == skip + 1:
-            began = time.perf_counter()
-        torch.manual_seed(opt.seed * 1_000_003 + step - 1)
-        loss = objective.loss(model, augment(batch.feats, batch.lens), batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-        optimizer.step()
-        schedule.step()
-    return (time.perf_counter() - began) / (len(batches) - skip)
+    began, step = time.perf_counter(), 0
+    for epoch in range(opt.epochs):
+        for batch in bucketed(pools, opt.max_frames, recipe.features.n_mels,
+                              random.Random(f"{opt.seed}:{epoch}:0")):
+            if step == skip:
+                began = time.perf_counter()
+            torch.manual_seed(opt.seed * 1_000_003 + step)
+            loss = objective.loss(model, augment(batch.feats, batch.lens), batch)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if step == steps:
+                return time.perf_counter() - began, step
+    return time.perf_counter() - began, step
 
 
 if __name__ == "__main__":

@@ -238,3 +238,22 @@ def test_feature_cache_replays_only_a_whole_pass_within_its_bound():
     small = FeatureCache(limit_bytes=2 * pools[0].nbytes)
     assert list(small.record(iter(pools))) == pools and not small.ready   # over the bound: stream
     assert not FeatureCache(limit_bytes=0).ready
+
+
+def test_feature_cache_prefill_reads_a_whole_pass_first_or_falls_back_to_streaming():
+    import pyarrow as pa
+
+    from trainer.data import FeatureCache
+
+    pools = [pa.table({"x": list(range(i, i + 100))}) for i in range(0, 500, 100)]
+    read = []
+    cache = FeatureCache(limit_bytes=10 << 20)
+    replay = cache.prefill(read.append(p) or p for p in pools)
+    assert read == pools and cache.ready            # the whole pass was read before training
+    assert list(replay) == pools == list(cache.replay())
+    small = FeatureCache(limit_bytes=2 * pools[0].nbytes)
+    read.clear()
+    stream = small.prefill(read.append(p) or p for p in pools)
+    assert read == pools[:3] and not small.ready    # stopped reading one pool past the bound
+    assert list(stream) == pools                    # nothing lost, nothing repeated, in order
+    assert list(FeatureCache(limit_bytes=0).prefill(iter(pools))) == pools

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import random
 from collections.abc import Iterable, Iterator
@@ -247,21 +248,38 @@ class FeatureCache:
         return iter(self.pools)
 
     def record(self, stream: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Yield the stream's pools while keeping them; a whole pass becomes the cache."""
         kept: list[pa.Table] = []
-        size = 0
         for pool in stream:
-            if not self.too_big:
-                size += pool.nbytes
-                if size > self.limit:
-                    self.too_big = True
-                    log.warning("featurised epoch exceeds data.cache_mb (%d MB): streaming every epoch",
-                                self.limit >> 20)
-                    kept = []
-                else:
-                    kept.append(pool)
+            if not self.too_big and self._fits(kept, pool):
+                kept.append(pool)
             yield pool
         if not self.too_big:
             self.pools = kept
+
+    def prefill(self, stream: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Read the whole pass into the cache before any of it is trained on (`ready` after).
+
+        Over the limit, the pools read so far and the rest of the stream are yielded instead,
+        streaming, with no more than the limit held."""
+        if self.too_big:
+            return iter(stream)
+        stream, kept = iter(stream), []
+        for pool in stream:
+            if not self._fits(kept, pool):
+                return itertools.chain(kept, [pool], stream)
+            kept.append(pool)
+        self.pools = kept
+        return self.replay()
+
+    def _fits(self, kept: list[pa.Table], pool: pa.Table) -> bool:
+        """Whether `pool` can join `kept` within the limit; if not, the cache gives up for good."""
+        if sum(p.nbytes for p in kept) + pool.nbytes <= self.limit:
+            return True
+        self.too_big = True
+        log.warning("featurised epoch exceeds data.cache_mb (%d MB): streaming every epoch",
+                    self.limit >> 20)
+        return False
 
 
 def bucketed(pools: Iterable[pa.Table], max_frames: int, n_mels: int,

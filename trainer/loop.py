@@ -100,6 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     max_steps = opt_cfg.max_steps or math.inf
     window = _Window()
     cache = FeatureCache(recipe.data.cache_mb << 20)
+    threads = recipe.scaling.cpu_threads or _cores_per_worker(ctx.get_local_world_size())
 
     def checkpoint(metrics: dict, name: str) -> None:
         _report(metrics, name, core, front, progress, best_state, optimizer, schedule, scaler,
@@ -108,10 +109,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stopped = progress.stopped_early
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
+        if not cache.ready:
+            stream = train_shard.iter_batches(batch_size=opt_cfg.bucket_utts, batch_format="pyarrow",
+                                              prefetch_batches=2)
+            # featurising first pays when the cached epoch then trains on more threads than the one
+            # the worker has beside the data tasks; else training overlaps the stream
+            pools = cache.prefill(stream) if threads > torch.get_num_threads() else cache.record(stream)
         if cache.ready:   # no more data tasks on this node: the worker takes its share of the cores
-            torch.set_num_threads(recipe.scaling.cpu_threads or _cores_per_worker(ctx.get_local_world_size()))
-        pools = cache.replay() if cache.ready else cache.record(train_shard.iter_batches(
-            batch_size=opt_cfg.bucket_utts, batch_format="pyarrow", prefetch_batches=2))
+            torch.set_num_threads(threads)
+            pools = cache.replay()
         batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
         for _ in range(progress.batch_in_epoch):   # resuming mid-epoch: skip what was trained
             next(batches, None)
