@@ -83,16 +83,20 @@ def make_front_end(recipe: Recipe, shards: list[Path], paths: RunPaths,
     tok_path, cmvn_path = paths.frontend / "tokenizer.model", paths.frontend / "cmvn.safetensors"
     if tok_path.exists() and cmvn_path.exists():
         return _front(recipe, Tokenizer.load(tok_path), CMVN.load(cmvn_path))
-    texts = [t for s in shards for t in pq.read_table(s, columns=["text"]).column("text").to_pylist()]
-    if tokenizer is None:
-        drop = recipe.data.remove_non_language
-        tokenizer = Tokenizer.train([target_text(t, drop) for t in texts], recipe.tokenizer.vocab_size,
-                                    recipe.tokenizer.model_type)
+    tokenizer = tokenizer or train_tokenizer(recipe, shards)
     cmvn = estimate_cmvn(shards, recipe)
     paths.frontend.mkdir(parents=True, exist_ok=True)
     tokenizer.save(tok_path)
     cmvn.save(cmvn_path)
     return _front(recipe, tokenizer, cmvn)
+
+
+def train_tokenizer(recipe: Recipe, shards: list[Path]) -> Tokenizer:
+    """The recipe's sentencepiece model, learnt from the training transcripts as it trains on them."""
+    texts = [t for s in shards for t in pq.read_table(s, columns=["text"]).column("text").to_pylist()]
+    drop = recipe.data.remove_non_language
+    return Tokenizer.train([target_text(t, drop) for t in texts], recipe.tokenizer.vocab_size,
+                           recipe.tokenizer.model_type)
 
 
 def _front(recipe: Recipe, tokenizer: Tokenizer, cmvn: CMVN) -> FrontEnd:
