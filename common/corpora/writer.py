@@ -32,7 +32,7 @@ def write_manifest(out_dir: str | Path, jobs: Sequence[Any], make: Callable[[Any
     columns = [TextColumn(f"[bold]{label or out.name}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("utts"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as progress, \
-            ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            ProcessPoolExecutor(max_workers=max(1, workers), initializer=_one_thread) as pool:
         task = progress.add_task("prepare", total=sum(len(s) for _, s in todo))
         for k, shard in todo:
             rows = []
@@ -46,3 +46,11 @@ def write_manifest(out_dir: str | Path, jobs: Sequence[Any], make: Callable[[Any
         out.rename(final)
     index["skipped_shards"] = len(shards) - len(todo)
     return index
+
+
+def _one_thread() -> None:
+    """A pool process is one of `workers` sharing the cores: torch's default of a thread per core
+    in each would oversubscribe them (the synthetic corpus was made 3x slower on 2 cores)."""
+    import torch
+
+    torch.set_num_threads(1)
