@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: test demo setup clean
 
-setup: $(STAMP) espeak
+setup: $(STAMP) espeak chromium
 
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 .PHONY: espeak
 espeak:
 	@command -v espeak-ng >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null)
+
+# Headless Chromium for the service page's browser test (driven over the DevTools protocol).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -11,7 +11,7 @@ import torch
 from common.audio import DEFAULT_LIMITS, AudioLimits, load_audio
 from common.beam_search import (BeamConfig, Hypothesis, beam_search, default_batch_size,
                                 length_sorted_batches)
-from common.bundle import Bundle, load_bundle
+from common.bundle import Bundle, load_model
 from common.device import pick_device
 from common.features import pad_features
 
@@ -50,8 +50,10 @@ class Transcriber:
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto",
                  limits: AudioLimits = DEFAULT_LIMITS) -> None:
-        self.device = pick_device(device)
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, self.device)
+        """`bundle`: a Bundle, a bundle directory or an exported one (ONNX Runtime, CPU only)."""
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_model(bundle)
+        exported = not isinstance(self.bundle.model, torch.nn.Module)
+        self.device = torch.device("cpu") if exported and device == "auto" else pick_device(device)
         self.bundle.model.to(self.device).eval()
         self.limits = limits
 

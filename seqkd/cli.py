@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from seqkd import (demo_cmd, distill_cmd, evaluate_cmd, label_cmd, prepare_cmd, report_cmd, serve_cmd,
-                   train_cmd, transcribe_cmd)
+from seqkd import (demo_cmd, distill_cmd, evaluate_cmd, export_cmd, label_cmd, prepare_cmd, report_cmd,
+                   serve_cmd, train_cmd, transcribe_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                     distill_cmd.add_arguments),
         "report": ("the paper-style table and plot (WER vs size) for a teacher and its students",
                    report_cmd.add_arguments),
+        "export": ("a bundle as ONNX graphs (fp32 or int8) for ONNX Runtime; every command takes the "
+                   "exported directory", export_cmd.add_arguments),
         "demo": ("the whole pipeline end to end on the built-in corpus", demo_cmd.add_arguments),
     }
     for name, (help_text, add_args) in commands.items():

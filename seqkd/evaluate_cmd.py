@@ -9,7 +9,8 @@ from seqkd.transcribe_cmd import add_beam_arguments, beam_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/)")
+    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/, or an "
+                                  "exported directory)")
     p.add_argument("--data", required=True, help="manifest directory to decode")
     add_beam_arguments(p)
     p.add_argument("--batch-size", type=int, default=None)

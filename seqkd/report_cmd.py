@@ -9,7 +9,8 @@ from seqkd.transcribe_cmd import add_beam_arguments, beam_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundles", nargs="+", help="model bundles or run directories (teacher and students)")
+    p.add_argument("bundles", nargs="+", help="model bundles, run directories or exported directories "
+                                              "(teacher and students)")
     p.add_argument("--test", required=True, help="manifest directory every model is scored on")
     p.add_argument("--teacher", help="the teacher's bundle (default: the one the KD students name, "
                                      "else the largest)")

@@ -10,7 +10,8 @@ import threading
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/)")
+    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/, or an "
+                                  "exported directory)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=int, default=1)
@@ -30,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from common.bundle import BundleError, find_bundle, load_bundle
+    from common.bundle import BundleError, find_bundle, load_model
     from seqkd.ray_connect import connect
     from services.teacher import TOKEN_ENV, Teacher
 
     bundle = find_bundle(args.bundle)
     try:
-        load_bundle(bundle)   # fail here, in one line, rather than in a replica's log
+        load_model(bundle)   # fail here, in one line, rather than in a replica's log
     except BundleError as exc:
         print(f"seqkd serve: {exc}", file=sys.stderr)
         return 2

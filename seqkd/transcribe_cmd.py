@@ -13,7 +13,7 @@ from common.config import ConfigError, from_dict
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="model bundle directory")
+    p.add_argument("bundle", help="model bundle directory, or an exported one (seqkd export)")
     p.add_argument("files", nargs="+", help="audio files (WAV, FLAC, MP3, OGG, SPHERE .wv1, ...)")
     add_beam_arguments(p)
     p.add_argument("--batch-size", type=int, default=None,

@@ -7,26 +7,42 @@ beam search runs in a worker thread, so /healthz answers while a batch decodes.
 
     serve run conf/serve.yaml                       # the Serve config (autoscaling)
     seqkd serve runs/teacher/bundle --port 8000     # the same app from the command line
+
+`/` is a page to try it from a browser (upload or record, see the N-best); it and the `/docs`
+page load only assets this service serves (`services/page/`, swagger-ui from the
+swagger-ui-bundle package), so both work on a cluster without internet access.
 """
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime.
 
 import asyncio
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from ray import serve
 
 from common.audio import AudioError, AudioLimits, AudioTooLongError
 from common.beam_search import BeamConfig
+from common.bundle import model_name
 from common.transcriber import Transcriber
 from services.requests import Limits, check_token, parse
 
 TOKEN_ENV = "SEQKD_TOKEN"
 
-app = FastAPI(title="seqkd teacher", version="1",
+app = FastAPI(title="seqkd teacher", version="1", docs_url=None, redoc_url=None,
               description="Beam-search transcription by a seqkd teacher bundle (N-best with scores).")
+PAGE = Path(__file__).parent / "page"
+SWAGGER = Path(swagger_ui_bundle.swagger_ui_path)
+# The only files the service sends: a fixed table, so no request names a path on the server.
+ASSETS = {"page.js": (PAGE / "page.js", "text/javascript"), "page.css": (PAGE / "page.css", "text/css"),
+          "favicon.svg": (PAGE / "favicon.svg", "image/svg+xml"),
+          "swagger-ui-bundle.js": (SWAGGER / "swagger-ui-bundle.js", "text/javascript"),
+          "swagger-ui.css": (SWAGGER / "swagger-ui.css", "text/css")}
 
 
 def _model_dict(bundle) -> dict:
@@ -48,7 +64,8 @@ class Teacher:
         self.decode_batch.set_max_batch_size(max_batch_size)
         self.decode_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
         b = self.transcriber.bundle
-        self.info = {"model": b.bundle_id, "params": b.model.num_params(),
+        self.info = {"model": b.bundle_id, "name": model_name(b.path) if b.path else b.bundle_id,
+                     "form": b.form, "params": b.model.num_params(),
                      "vocab_size": b.tokenizer.vocab_size, "meta": b.meta,
                      "config": {"model": _model_dict(b),
                                 "features": asdict(b.features.config)},
@@ -58,6 +75,27 @@ class Teacher:
     @app.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        """The page to try the service from a browser (no token needed to load it)."""
+        return FileResponse(PAGE / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> FileResponse:
+        if name not in ASSETS:
+            raise HTTPException(404, f"no asset {name!r}")
+        path, media = ASSETS[name]
+        return FileResponse(path, media_type=media)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI from this service's own assets (FastAPI's default loads them from a CDN)."""
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title}: API",
+                                   swagger_js_url=f"{root}/static/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/static/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/static/favicon.svg")
 
     @app.get("/v1/model")
     async def model(self, request: Request) -> dict:

@@ -8,10 +8,11 @@ from common.beam_search import BeamConfig
 from common.transcriber import Transcriber
 from tests.conftest import SENTENCES, seqkd
 
-COMMANDS = ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill", "report", "demo"]
+COMMANDS = ["prepare", "train", "transcribe", "evaluate", "serve", "label", "distill", "report", "export",
+            "demo"]
 
 
-def test_help_lists_all_nine_commands():
+def test_help_lists_every_command():
     out = seqkd("--help")
     assert out.returncode == 0
     listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ")

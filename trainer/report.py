@@ -23,11 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common.beam_search import BeamConfig
-from common.bundle import BundleError, bundle_id, find_bundle
+from common.bundle import BundleError, bundle_id, disk_bytes, find_bundle, model_form, model_name
 from common.metrics import bootstrap_wer, utterance_errors
 from trainer.evaluate import evaluate, write_evaluation
 
 ROLES = ("teacher", "gt", "kd")
+LEFT_COLUMNS = 3            # model, targets, form: text; the rest are numbers
 
 
 class ReportError(ValueError):
@@ -54,11 +55,8 @@ class Row:
     wer_diff_vs_gt: float | None = None                # WER - the twin's WER (negative: KD wins)
     ci95: tuple[float, float] | None = None            # paired bootstrap 95% interval of that
     p_value: float | None = None
-
-
-def run_name(bundle: Path) -> str:
-    """A run directory's name for RUN/bundle, else the bundle directory's own name."""
-    return bundle.parent.name if bundle.name == "bundle" else bundle.name
+    form: str = "pytorch fp32"                         # or "onnx fp32", "onnx int8" (seqkd export)
+    size_mb: float | None = None                       # the bundle or exported directory on disk
 
 
 def targets_label(meta: dict) -> str:
@@ -90,9 +88,9 @@ def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[
     and, per utterance id, its (word errors, reference words)."""
     key = hashlib.sha256(json.dumps([bundle_id(bundle), str(test.resolve()), asdict(cfg)])
                          .encode()).hexdigest()[:16]
-    where = cache / f"{run_name(bundle)}-{key}"
-    if not (where / "result.json").exists():
-        write_evaluation(evaluate(bundle, test, cfg, show_progress=False), where)
+    where = cache / f"{model_name(bundle)}-{key}"
+    if not (where / "result.json").exists():   # on the CPU: RTFs of PyTorch and exported forms compare
+        write_evaluation(evaluate(bundle, test, cfg, device="cpu", show_progress=False), where)
     lines = [json.loads(line) for line in (where / "hyps.jsonl").read_text().splitlines()]
     scored = [h for h in lines if h["ref"].strip()]
     errors, words = utterance_errors([h["ref"] for h in scored], [h["hyp"] for h in scored])
@@ -110,7 +108,7 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
         ids = {b: bundle_id(b) for b in bundles}
     except (OSError, BundleError) as exc:
         raise ReportError(f"not a model bundle: {exc}") from None
-    names = [run_name(b) for b in bundles]
+    names = [model_name(b) for b in bundles]
     if len(set(names)) != len(names):
         raise ReportError(f"two bundles share a name ({names}): give each run its own directory")
     teacher_bundle = _teacher(bundles, metas, ids, teacher)
@@ -119,7 +117,7 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
     for b in bundles:
         results[b], per_utt[b] = evaluation(b, test, cfg, cache)
         if console:
-            console.print(f"evaluated {run_name(b)}: WER {100 * results[b]['wer']:.2f}% "
+            console.print(f"evaluated {model_name(b)}: WER {100 * results[b]['wer']:.2f}% "
                           f"CER {100 * results[b]['cer']:.2f}% RTF {results[b]['rtf']:.4f} "
                           f"({results[b]['utterances']} utts)")
     top = results[teacher_bundle]
@@ -128,12 +126,13 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
         r, meta = results[b], metas[b]
         role = "teacher" if b == teacher_bundle else ("kd" if meta.get("targets") == "kd" else "gt")
         errors, words = zip(*per_utt[b].values())
-        rows.append(Row(name=run_name(b), role=role, targets=targets_label(meta), params=r["params"],
+        rows.append(Row(name=model_name(b), role=role, targets=targets_label(meta), params=r["params"],
                         compression=top["params"] / r["params"], wer=r["wer"], cer=r["cer"],
                         rel_wer=(r["wer"] - top["wer"]) / top["wer"] if top["wer"] else None,
                         rtf=r["rtf"], bundle=str(b), recipe=meta.get("recipe", ""),
                         steps=meta.get("steps"), train_s=meta.get("train_seconds"),
-                        wer_ci95=bootstrap_wer(list(errors), list(words)).ci95))
+                        wer_ci95=bootstrap_wer(list(errors), list(words)).ci95, form=model_form(meta),
+                        size_mb=round(disk_bytes(b) / 1e6, 3)))
     by_name = {row.name: b for row, b in zip(rows, bundles)}
     for row in rows:
         twin = gt_twin(row, rows)
@@ -164,7 +163,7 @@ def _teacher(bundles: list[Path], metas: dict, ids: dict, named: str | Path | No
     found = [b for b in bundles if ids[b] in claimed]
     if len(found) == 1:
         return found[0]
-    return max(bundles, key=lambda b: (b / "model.safetensors").stat().st_size)
+    return max(bundles, key=lambda b: metas[b].get("params", 0))
 
 
 def wide_console(stderr: bool = False) -> Console:
@@ -189,9 +188,10 @@ def _p(p: float | None) -> str:
 
 
 def table_lines(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    head = ["model", "targets", "params", "compression", "WER %", "CER %", "WER vs teacher",
-            "WER - GT twin [95% CI]", "p", "steps", "train s", "RTF"]
-    body = [[r.name, r.targets, f"{r.params:,}", f"{r.compression:.1f}x", _pct(r.wer), _pct(r.cer),
+    head = ["model", "targets", "form", "params", "MB", "compression", "WER %", "CER %", "WER vs teacher",
+            "WER - GT twin [95% CI]", "p", "steps", "train s", "CPU RTF"]
+    body = [[r.name, r.targets, r.form, f"{r.params:,}", "" if r.size_mb is None else f"{r.size_mb:.2f}",
+             f"{r.compression:.1f}x", _pct(r.wer), _pct(r.cer),
              "" if r.role == "teacher" else _pct(r.rel_wer, signed=True), _diff(r), _p(r.p_value),
              "" if r.steps is None else f"{r.steps:,}", "" if r.train_s is None else f"{r.train_s:.0f}",
              f"{r.rtf:.4f}"] for r in rows]
@@ -202,7 +202,7 @@ def rich_table(rows: list[Row], title: str) -> Table:
     head, body = table_lines(rows)
     table = Table(title=title)
     for i, h in enumerate(head):
-        table.add_column(h, justify="left" if i < 2 else "right")
+        table.add_column(h, justify="left" if i < LEFT_COLUMNS else "right")
     for line in body:
         table.add_row(*line)
     return table
@@ -210,7 +210,7 @@ def rich_table(rows: list[Row], title: str) -> Table:
 
 def markdown(rows: list[Row], title: str) -> str:
     head, body = table_lines(rows)
-    right = ["---"] * 2 + ["---:"] * (len(head) - 2)
+    right = ["---"] * LEFT_COLUMNS + ["---:"] * (len(head) - LEFT_COLUMNS)
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "| " + " | ".join(right) + " |"]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines) + "\n"

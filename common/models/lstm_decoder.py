@@ -17,6 +17,8 @@ from common.models.trie import PrefixTrie
 
 
 class LSTMAttentionDecoder(nn.Module):
+    STATE_TIME_AXES = {"att": {1: "enc_frames"}}   # state axes past the row that vary (exported graphs)
+
     def __init__(self, cfg: LSTMDecoderConfig, enc_dim: int, vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -31,13 +33,27 @@ class LSTMAttentionDecoder(nn.Module):
 
     def prepare(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> Rows:
         """Per-row encoder memory: (N, T, D) output, its projection, and the valid mask."""
-        return {"enc": enc, "proj": self.attention.project(enc),
-                "mask": lengths_to_mask(enc_lens, enc.shape[1]), "lens": enc_lens}
+        return self.memory(self.frame_memory(enc), enc_lens)
+
+    def frame_memory(self, enc: torch.Tensor) -> Rows:
+        """The memory computed from the encoder output frame by frame (what an exported encoder
+        graph computes once per utterance): (N, T, D) output and its (N, T, A) projection."""
+        return {"enc": enc, "proj": self.attention.project(enc)}
+
+    @staticmethod
+    def memory(frames: Rows, enc_lens: torch.Tensor) -> Rows:
+        """Frame memory + lengths -> the memory `step` reads (weight-free, so the ONNX backend
+        builds it the same way)."""
+        return {**frames, "mask": lengths_to_mask(enc_lens, frames["enc"].shape[1]), "lens": enc_lens}
 
     def init_state(self, memory: Rows) -> Rows:
+        return self.initial_state(memory, self.cfg)
+
+    @staticmethod
+    def initial_state(memory: Rows, cfg: LSTMDecoderConfig) -> Rows:
         enc, mask = memory["enc"], memory["mask"]
         n = enc.shape[0]
-        zeros = enc.new_zeros(n, self.cfg.layers, self.cfg.hidden)  # (N, layers, H)
+        zeros = enc.new_zeros(n, cfg.layers, cfg.hidden)  # (N, layers, H)
         prev = mask.to(enc.dtype) / memory["lens"].unsqueeze(1).to(enc.dtype)  # uniform over valid frames
         return {"h": zeros, "c": zeros.clone(), "ctx": enc.new_zeros(n, enc.shape[2]), "att": prev}
 
@@ -58,7 +74,8 @@ class LSTMAttentionDecoder(nn.Module):
         logits = self.output(torch.cat([x, ctx], dim=-1))
         return logits, {"h": torch.stack(hs, 1), "c": torch.stack(cs, 1), "ctx": ctx, "att": att}
 
-    def trim_time(self, memory: Rows, state: Rows, frames: int) -> tuple[Rows, Rows]:
+    @staticmethod
+    def trim_time(memory: Rows, state: Rows, frames: int) -> tuple[Rows, Rows]:
         """Drop encoder frames past `frames` (all padding for the remaining rows)."""
         memory = {**memory, "enc": memory["enc"][:, :frames], "proj": memory["proj"][:, :frames],
                   "mask": memory["mask"][:, :frames]}
