@@ -10,7 +10,7 @@ beam search runs in a worker thread, so /healthz answers while a batch decodes.
 
 `/` is a page to try it from a browser (upload or record, see the N-best); it and the `/docs`
 page load only assets this service serves (`services/page/`, swagger-ui from the
-swagger-ui-bundle package), so both work on a cluster without internet access.
+swagger-ui-py package), so both work on a cluster without internet access.
 """
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime.
 
@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import swagger_ui_bundle
+import swagger_ui
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
@@ -37,7 +37,7 @@ TOKEN_ENV = "SEQKD_TOKEN"
 app = FastAPI(title="seqkd teacher", version="1", docs_url=None, redoc_url=None,
               description="Beam-search transcription by a seqkd teacher bundle (N-best with scores).")
 PAGE = Path(__file__).parent / "page"
-SWAGGER = Path(swagger_ui_bundle.swagger_ui_path)
+SWAGGER = Path(swagger_ui.__file__).parent / "static"   # Swagger UI 5: reads FastAPI's OpenAPI 3.1
 # The only files the service sends: a fixed table, so no request names a path on the server.
 ASSETS = {"page.js": (PAGE / "page.js", "text/javascript"), "page.css": (PAGE / "page.css", "text/css"),
           "favicon.svg": (PAGE / "favicon.svg", "image/svg+xml"),

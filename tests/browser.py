@@ -89,7 +89,9 @@ class Browser:
             if value:
                 return value
             time.sleep(0.2)
-        raise TimeoutError(f"page never satisfied: {expression}")
+        body = self.evaluate("document.body ? document.body.innerText.slice(0, 300) : ''")
+        raise TimeoutError(f"page never satisfied: {expression}; errors {self.errors}, "
+                           f"requests {self.requests[-5:]}, page text {body!r}")
 
     def open(self, url: str) -> None:
         self.send("Page.navigate", url=url)

@@ -99,12 +99,16 @@ def test_stacked_frames_export_with_dynamic_axes(tmp_path):
         assert torch.allclose(onnx.ctc_log_probs(packed), source.ctc_log_probs(enc), atol=1e-4)
 
 
-def _weight_elements(path) -> Counter:
-    """Elements of a graph's initializers by data type."""
+def _weights(path) -> tuple[Counter, list[str]]:
+    """Elements of a graph's initializers by data type, and the float matrices that still feed a
+    MatMul or Gemm (dynamic quantization must have turned every one into MatMulInteger)."""
+    graph = onnx.load(str(path)).graph
     counts: Counter = Counter()
-    for w in onnx.load(str(path)).graph.initializer:
+    floats = {w.name for w in graph.initializer if w.data_type == onnx.TensorProto.FLOAT and len(w.dims) == 2}
+    for w in graph.initializer:
         counts[onnx.TensorProto.DataType.Name(w.data_type)] += int(np.prod(w.dims))
-    return counts
+    unquantized = [i for n in graph.node if n.op_type in ("MatMul", "Gemm") for i in n.input if i in floats]
+    return counts, unquantized
 
 
 @pytest.mark.parametrize("family", ["pblstm-lstm", "conformer-transformer"])
@@ -112,8 +116,9 @@ def test_int8_export_holds_int8_weights_and_decodes(family, exported, speech_dir
     fp32, int8 = (json.loads((exported[family, p] / "meta.json").read_text()) for p in ("fp32", "int8"))
     assert int8["precision"] == "int8" and int8["source_bundle_id"] == fp32["source_bundle_id"]
     for graph in ("encoder.onnx", "decoder.onnx"):
-        kinds = _weight_elements(exported[family, "int8"] / graph)
-        assert kinds["INT8"] >= 0.8 * sum(kinds.values()), (graph, kinds)   # biases, norms, convs stay fp32
+        kinds, unquantized = _weights(exported[family, "int8"] / graph)
+        assert not unquantized, (graph, unquantized)
+        assert kinds["INT8"] >= 0.6 * sum(kinds.values()), (graph, kinds)   # biases, norms, convs stay fp32
         assert int8["sizes"][graph] < 0.7 * fp32["sizes"][graph]   # tiny models: the graph itself weighs
     got = Transcriber(exported[family, "int8"], device="cpu").transcribe(_wavs(speech_dir), CFG)
     assert all(len(t.nbest) == 3 and all(n.logp < 0 for n in t.nbest) for t in got)
