@@ -5,9 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from seqkd import (demo_cmd, distill_cmd, evaluate_cmd, export_cmd, label_cmd, prepare_cmd, report_cmd,
                    serve_cmd, train_cmd, transcribe_cmd)
+from seqkd import console
+
+# The commands that start Ray, and where its output goes unless --verbose (seqkd.console).
+RAY_LOGS: dict[str, tuple[str, Callable[[argparse.Namespace], Path]]] = {
+    "train": ("RUN/ray.log", lambda a: Path(a.out) / "ray.log"),
+    "distill": ("RUN/ray.log", lambda a: Path(a.out) / "ray.log"),
+    "label": ("OUT/ray.log", lambda a: Path(a.out) / "ray.log"),
+    "serve": ("a new seqkd-serve-*.log in the temp directory", lambda a: console.default_serve_log()),
+    "demo": ("OUT/ray.log", lambda a: Path(a.out) / "ray.log"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
         "demo": ("the whole pipeline end to end on the built-in corpus", demo_cmd.add_arguments),
     }
     for name, (help_text, add_args) in commands.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(command)
+        if name in RAY_LOGS:
+            console.add_arguments(command, RAY_LOGS[name][0])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    if args.command not in RAY_LOGS:
+        return int(args.run(args) or 0)
+    log_file = RAY_LOGS[args.command][1]
+    return console.run(f"seqkd {args.command}", lambda: int(args.run(args) or 0),
+                       lambda: args.log_file or log_file(args), args.verbose)
 
 
 if __name__ == "__main__":

@@ -79,10 +79,13 @@ class Demo:
     def run(self) -> list:
         import ray
 
+        from seqkd import console
+
         self.out.mkdir(parents=True, exist_ok=True)
         began = time.perf_counter()
         self.stage_data()
-        ray.init(address="local", num_cpus=None, include_dashboard=False, log_to_driver=False)
+        console.begin()   # Ray's output goes to OUT/ray.log from here on (unless --verbose)
+        ray.init(address="local", num_cpus=None, include_dashboard=False)
         try:
             tokenizer = self.stage_tokenizer()
             teacher = self.stage_train(self.s.teacher, self.s.teacher_epochs, tokenizer=tokenizer)

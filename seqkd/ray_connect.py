@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 
+from seqkd import console
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
+    console.begin()   # Ray's output goes to the command's log file from here on (unless --verbose)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

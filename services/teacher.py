@@ -45,6 +45,19 @@ ASSETS = {"page.js": (PAGE / "page.js", "text/javascript"), "page.css": (PAGE / 
           "swagger-ui.css": (SWAGGER / "swagger-ui.css", "text/css")}
 
 
+# What a client may see of a bundle's meta.json: how the model was trained and how it scored.
+# An allow-list, since meta.json also holds the server's paths (train_data, dev_data) and may
+# gain more fields; what is not named here is not sent.
+PUBLIC_META = ("recipe", "targets", "epochs", "steps", "step", "best_step", "dev_wer", "best_dev_wer",
+               "stopped_early", "train_seconds", "teacher_id", "k", "weights", "temperature", "gt_weight",
+               "max_wer", "ctc_target", "word_kd", "frame_kd", "kd_temperature", "expand", "label_beam",
+               "precision")
+
+
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return {key: meta[key] for key in PUBLIC_META if key in meta}
+
+
 def _model_dict(bundle) -> dict:
     cfg = bundle.model.cfg
     return {"encoder": asdict(cfg.encoder), "decoder": asdict(cfg.decoder),
@@ -66,7 +79,7 @@ class Teacher:
         b = self.transcriber.bundle
         self.info = {"model": b.bundle_id, "name": model_name(b.path) if b.path else b.bundle_id,
                      "form": b.form, "params": b.model.num_params(),
-                     "vocab_size": b.tokenizer.vocab_size, "meta": b.meta,
+                     "vocab_size": b.tokenizer.vocab_size, "meta": public_meta(b.meta),
                      "config": {"model": _model_dict(b),
                                 "features": asdict(b.features.config)},
                      "device": str(self.transcriber.device),

@@ -91,7 +91,9 @@ def train_tiny(speech_dir, steps: int = 400) -> tuple[Seq2Seq, Tokenizer, Featur
 def tiny_bundle(speech_dir, tmp_path_factory):
     model, tokenizer, features, losses = train_tiny(speech_dir)
     path = tmp_path_factory.mktemp("bundle") / "tiny"
-    save_bundle(path, model, tokenizer, features, {"train": "4 espeak utterances"})
+    # meta as a trained bundle's: training facts and the server paths it was trained from
+    save_bundle(path, model, tokenizer, features, {"recipe": "tiny", "steps": len(losses),
+                                                   "train_data": str(speech_dir), "dev_data": str(speech_dir)})
     return path, losses
 
 

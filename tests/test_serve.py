@@ -85,6 +85,23 @@ def test_health_model_and_docs(service, tiny_bundle):
     assert service.get("/docs").status_code == 200
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [str(k), *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_model_info_shows_the_model_and_no_server_path(service, tiny_bundle, speech_dir):
+    meta = json.loads((tiny_bundle[0] / "meta.json").read_text())
+    assert meta["train_data"] == str(speech_dir)   # the bundle holds server paths, as trained ones do
+    info = service.get("/v1/model", headers=AUTH).json()
+    paths = [s for s in _strings(info) if re.search(r"(^|[\s:=\"'])/\w", s) or str(speech_dir) in s]
+    assert not paths, paths
+    assert info["meta"] == {"recipe": "tiny", "steps": meta["steps"]}   # training facts only
+
+
 def test_wav_flac_mp3_raw_and_multipart_equal_seqkd_transcribe(service, speech, speech_dir, tiny_bundle,
                                                                tmp_path):
     params = {"beam": 4, "nbest": 3, "ctc_weight": 0.3}
