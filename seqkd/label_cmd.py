@@ -19,13 +19,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the teacher's top-M token distribution per position, for "
                         "`seqkd distill --word-kd` (0: keep none)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per map_batches call")
-    p.add_argument("--concurrency", type=int, default=1, help="teacher actors (or Serve callers)")
+    p.add_argument("--concurrency", type=concurrency, default=1, metavar="N|MIN:MAX",
+                   help="teacher actors (or Serve callers): N, or MIN:MAX for an autoscaling pool "
+                        "that grows while work is queued (and the cluster autoscaler adds nodes)")
     p.add_argument("--num-gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--resources", type=resources, metavar="JSON",
+                   help="custom resources per teacher actor, e.g. '{\"labeler\": 1}': only nodes "
+                        "offering them run teachers, and the autoscaler adds such nodes on demand")
     p.add_argument("--via-serve", metavar="APP", nargs="?", const="teacher",
                    help="decode with the running Serve app APP (default name: teacher)")
     p.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=run)
+
+
+def concurrency(text: str) -> int | tuple[int, int]:
+    """`N` (a fixed pool) or `MIN:MAX` (Ray Data's autoscaling actor pool)."""
+    try:
+        lo, _, hi = text.partition(":")
+        return (int(lo), int(hi)) if hi else int(lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want N or MIN:MAX, not {text!r}") from None
+
+
+def resources(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
+        raise argparse.ArgumentTypeError('want a JSON object of numbers, e.g. \'{"labeler": 1}\'')
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(beam_config(args), topm=args.topm)
         connect(args.address)
         summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,
-                        args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty())
+                        args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty(),
+                        resources=args.resources)
     except (ConfigError, ManifestError, LabelError) as exc:
         print(f"seqkd label: {exc}", file=sys.stderr)
         return 2

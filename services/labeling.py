@@ -1,17 +1,20 @@
 """Distributed labeling: the teacher's N-best for every utterance of a corpus, with Ray Data.
 
-    seqkd label BUNDLE --data D/train --out L/train [--beam 10 --nbest 5 --concurrency 2]
+    seqkd label BUNDLE --data D/train --out L/train [--beam 10 --nbest 5 --concurrency 1:4]
     ray job submit --working-dir . -- python -m seqkd label BUNDLE --data ... --out ...
 
-The pending manifest shards are read as one Ray Dataset; `map_batches` runs the teacher in an
-actor pool (the bundle loaded once per actor, GPUs requested when asked) or, with
-`--via-serve`, sends the audio to a running teacher deployment through a DeploymentHandle.
-The driver gathers the labelled rows of each input shard and writes the output shard with the
-same name (temp file + rename) only when every one of its utterances is there, so an output
-shard that exists is complete, a re-run skips it, and a killed worker (whose task Ray retries)
-neither loses nor duplicates an utterance. `labels.json` records the teacher, its tokenizer
-(copied beside the shards as tokenizer.model, for the students), the decode
-settings and the shards done.
+The pending manifest shards are read as one Ray Dataset (utterance ids and audio only);
+`map_batches` runs the teacher in an autoscaling actor pool (the bundle loaded once per actor;
+GPUs or custom resources requested per actor, so the cluster autoscaler adds the nodes that can
+hold more actors) or, with `--via-serve`, sends the audio to a running teacher deployment
+through a DeploymentHandle. Labelers send back ids and hypotheses, never the audio. The driver
+gathers the hypotheses of each input shard; when every one of its utterances is there, it joins
+them to the input shard read back from disk, writes the output shard with the same name (temp
+file + rename) and forgets them, so its memory is one shard's hypotheses, not the corpus. An
+output shard that exists is complete, a re-run skips it, and a killed worker (whose task Ray
+retries) neither loses nor duplicates an utterance. `labels.json` records the teacher, its
+tokenizer (copied beside the shards as tokenizer.model, for the students), the decode settings
+and the shards done.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -26,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -38,6 +43,7 @@ from common.metrics import error_rates
 log = logging.getLogger(__name__)
 
 FAIL_ENV = "SEQKD_LABEL_FAIL_AFTER"   # fault injection for tests: kill one actor after K batches
+READ_COLUMNS = ["utt_id", "audio"]    # all a labeler needs; the rest of a row stays on disk
 
 
 class LabelError(ValueError):
@@ -65,7 +71,7 @@ class LabelSummary:
 
 
 class TeacherLabeler:
-    """Ray Data actor: one teacher per actor, a batch of manifest rows in, the same rows + N-best out."""
+    """Ray Data actor: one teacher per actor, a batch of (utt_id, audio, path) in, ids + N-best out."""
 
     def __init__(self, bundle: str, decode: dict, device: str, fail_after: int, marker: str,
                  threads: int = 1) -> None:
@@ -77,7 +83,6 @@ class TeacherLabeler:
         torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
         self.transcriber = Transcriber(bundle, device=device)
         self.cfg = BeamConfig(**decode)
-        self.decode_json = json.dumps(decode, sort_keys=True)
         self.fail_after, self.marker, self.batches = fail_after, Path(marker), 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -97,18 +102,17 @@ class TeacherLabeler:
         if self.fail_after and self.batches >= self.fail_after and not self.marker.exists():
             self.marker.write_text(str(self.batches))
             os._exit(1)   # the actor dies mid-run, as a preempted GPU node would
-        return with_labels(batch, hyps, self.transcriber.bundle.bundle_id, self.decode_json, ctc)
+        return labels_of(batch, hyps, self.transcriber.bundle.bundle_id, ctc)
 
 
 class ServeLabeler:
-    """Ray Data task: the same, decoded by a running teacher deployment (one GPU fleet for both)."""
+    """Ray Data actor: the same, decoded by a running teacher deployment (one GPU fleet for both)."""
 
     def __init__(self, app: str, decode: dict) -> None:
         from ray import serve
 
         self.handle = serve.get_app_handle(app)
         self.decode = decode
-        self.decode_json = json.dumps(decode, sort_keys=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         pending = [self.handle.decode.remote(a, self.decode) for a in batch.column("audio").to_pylist()]
@@ -121,34 +125,131 @@ class ServeLabeler:
                 answer = {"nbest": []}
             hyps.append(answer["nbest"])
             teacher = answer.get("model", teacher)
-        return with_labels(batch, hyps, teacher, self.decode_json)
+        return labels_of(batch, hyps, teacher)
 
 
-def with_labels(batch: pa.Table, hyps: list[list[dict]], teacher_id: str, decode: str,
-                ctc: list[tuple | None] | None = None) -> pa.Table:
+def labels_of(batch: pa.Table, hyps: list[list[dict]], teacher_id: str,
+              ctc: list[tuple | None] | None = None) -> pa.Table:
+    """What a labeler sends back: the utterance and shard it is for and the teacher's output,
+    never the audio (the driver joins this to the input shard on disk)."""
     n = batch.num_rows
     ctc = ctc or [None] * n
-    return (batch.append_column("hyps", pa.array(hyps, type=pa.list_(HYP)))
-            .append_column("teacher_id", pa.array([teacher_id] * n, pa.string()))
-            .append_column("decode", pa.array([decode] * n, pa.string()))
-            .append_column("ctc_topm_ids", pa.array([c and c[0] for c in ctc],
-                                                    LABEL_SCHEMA.field("ctc_topm_ids").type))
-            .append_column("ctc_topm_logp", pa.array([c and c[1] for c in ctc],
-                                                     LABEL_SCHEMA.field("ctc_topm_logp").type)))
+    return pa.table({
+        "utt_id": batch.column("utt_id"), "path": batch.column("path"),
+        "hyps": pa.array(hyps, type=pa.list_(HYP)),
+        "teacher_id": pa.array([teacher_id] * n, pa.string()),
+        "ctc_topm_ids": pa.array([c and c[0] for c in ctc], LABEL_SCHEMA.field("ctc_topm_ids").type),
+        "ctc_topm_logp": pa.array([c and c[1] for c in ctc], LABEL_SCHEMA.field("ctc_topm_logp").type),
+    })
+
+
+@dataclass
+class Totals:
+    """Running sums over the shards written, so the summary needs none of their rows kept."""
+
+    utterances: int = 0
+    audio_s: float = 0.0
+    labelled: int = 0
+    hyp_tokens: int = 0
+    words: int = 0
+    word_errors: int = 0
+
+    def add(self, rows: list[dict]) -> None:
+        self.utterances += len(rows)
+        self.audio_s += sum(r["duration_s"] for r in rows)
+        labelled = [r for r in rows if r["hyps"]]
+        self.labelled += len(labelled)
+        self.hyp_tokens += sum(len(r["hyps"][0]["tokens"]) for r in labelled)
+        scored = [r for r in labelled if r["text"].strip()]
+        if scored:   # corpus WER = summed errors / summed reference words, shard by shard
+            rates = error_rates([r["text"] for r in scored], [r["hyps"][0]["text"] for r in scored])
+            self.words += rates.words
+            self.word_errors += rates.substitutions + rates.deletions + rates.insertions
+
+    def summary(self, done: int, skipped: int, seconds: float) -> LabelSummary:
+        return LabelSummary(
+            shards_done=done, shards_skipped=skipped, utterances=self.utterances,
+            hours=self.audio_s / 3600, decode_s=seconds, rtf=seconds / max(self.audio_s, 1e-9),
+            mean_hyp_tokens=self.hyp_tokens / max(self.labelled, 1),
+            wer_1best=self.word_errors / self.words if self.words else None,
+            unusable=self.utterances - self.labelled)
+
+
+class ShardAssembler:
+    """The driver's side: holds the labels of the shards not yet complete, and writes each shard
+    (input shard from disk + its labels) the moment its last utterance arrives, then drops them."""
+
+    def __init__(self, out: Path, inputs: dict[str, Path], index: dict, teacher_id: str,
+                 decode_json: str) -> None:
+        self.out, self.inputs, self.index = out, inputs, index
+        self.teacher_id, self.decode_json = teacher_id, decode_json
+        self.expected = {name: pq.ParquetFile(p).metadata.num_rows for name, p in inputs.items()}
+        self.parts: dict[str, list[pa.Table]] = defaultdict(list)
+        self.ids: dict[str, set[str]] = defaultdict(set)
+        self.totals = Totals()
+
+    @property
+    def received(self) -> int:
+        return self.totals.utterances + sum(len(ids) for ids in self.ids.values())
+
+    def add(self, batch: pa.Table) -> None:
+        paths = batch.column("path")
+        for path in pc.unique(paths).to_pylist():
+            name = Path(path).name
+            if name not in self.expected:   # rows of a shard already written: a retry's echo
+                continue
+            part = batch.filter(pc.equal(paths, path)).drop_columns(["path"])
+            self.parts[name].append(part)
+            self.ids[name].update(part.column("utt_id").to_pylist())
+            if len(self.ids[name]) == self.expected[name]:
+                self._write(name)
+
+    def missing(self) -> dict[str, int]:
+        """Utterances not labelled, per shard not written."""
+        return {name: n - len(self.ids.get(name, ())) for name, n in self.expected.items()}
+
+    def _write(self, name: str) -> None:
+        """Write one output shard in its input's row order, then record it in labels.json."""
+        labels = pa.concat_tables(self.parts.pop(name))
+        del self.ids[name], self.expected[name]
+        if pc.unique(labels.column("teacher_id")).to_pylist() != [self.teacher_id]:
+            raise LabelError(f"shard {name} was labelled by another teacher than {self.teacher_id}")
+        rows = joined(pq.read_table(self.inputs[name]), labels, self.decode_json)
+        write_shard(self.out / name, rows, LABEL_SCHEMA)
+        self.index["shards"][name] = len(rows)
+        tmp = self.out / f".{INDEX}.tmp"
+        tmp.write_text(json.dumps(self.index, indent=2))
+        tmp.replace(self.out / INDEX)
+        self.totals.add(rows)
+
+
+def joined(source: pa.Table, labels: pa.Table, decode_json: str) -> list[dict]:
+    """The output shard's rows: every input column, in input order, plus the label columns."""
+    last = {u: i for i, u in enumerate(labels.column("utt_id").to_pylist())}   # a retry replaces
+    labels = labels.take([last[u] for u in source.column("utt_id").to_pylist()])
+    for field in LABEL_SCHEMA:
+        if field.name == "decode":
+            source = source.append_column(field, pa.array([decode_json] * source.num_rows, pa.string()))
+        elif field.name not in source.column_names:
+            source = source.append_column(field, labels.column(field.name))
+    return source.select(LABEL_SCHEMA.names).to_pylist()
 
 
 def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: BeamConfig,
-          batch_size: int = 16, concurrency: int = 1, num_gpus: float = 0.0,
-          via_serve: str | None = None, show_progress: bool = True) -> LabelSummary:
-    """Label every pending shard of `data` into `out`; Ray must be initialised."""
+          batch_size: int = 16, concurrency: int | tuple[int, int] = 1, num_gpus: float = 0.0,
+          via_serve: str | None = None, show_progress: bool = True,
+          resources: dict[str, float] | None = None) -> LabelSummary:
+    """Label every pending shard of `data` into `out`; Ray must be initialised.
+
+    `concurrency` is a fixed pool size or (min, max) for Ray Data's autoscaling actor pool;
+    `num_gpus` and `resources` are what each teacher actor asks for (so an autoscaler knows
+    which nodes to add)."""
     import ray.data
 
     decode.validate()
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if concurrency < 1 or (not via_serve and concurrency > cpus - 1):
-        raise LabelError(f"--concurrency {concurrency}: each teacher actor takes a CPU and reading "
-                         f"shards needs one more; this cluster has {cpus:g} CPUs, so use "
-                         f"1..{max(1, int(cpus) - 1)}")
+    pool = pool_bounds(concurrency)
+    if not via_serve:
+        warn_if_unsatisfiable(actor_request(num_gpus, resources), pool)
     settings = asdict(decode)
     out = Path(out)
     teacher_id, tokenizer = _teacher(bundle, via_serve)
@@ -158,42 +259,109 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     for tmp in out.glob(".shard-*.tmp"):   # a run killed while writing: redo that shard
         tmp.unlink()
     pending = {name: p for name, p in inputs.items() if not (out / name).exists()}
-    expected = {name: pq.ParquetFile(p).metadata.num_rows for name, p in pending.items()}
+    shards = ShardAssembler(out, pending, index, teacher_id, json.dumps(settings, sort_keys=True))
     began = time.perf_counter()
-    rows_of: dict[str, dict[str, dict]] = defaultdict(dict)
     if pending:
         ds = ray.data.read_parquet([str(p) for p in pending.values()], include_paths=True,
-                                   file_extensions=["parquet"])
+                                   file_extensions=["parquet"]).select_columns([*READ_COLUMNS, "path"])
+        strategy = ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1])
         if via_serve:
             ds = ds.map_batches(ServeLabeler, fn_constructor_args=(via_serve, settings), num_cpus=0,
-                                batch_format="pyarrow", batch_size=batch_size, concurrency=concurrency)
+                                batch_format="pyarrow", batch_size=batch_size, compute=strategy)
         else:
-            fail_after = int(os.environ.get(FAIL_ENV, "0"))
+            cpus = ray.cluster_resources().get("CPU", 1)
             ds = ds.map_batches(
-                TeacherLabeler, batch_format="pyarrow", batch_size=batch_size, concurrency=concurrency,
-                num_gpus=num_gpus or None,
-                fn_constructor_args=(str(bundle), settings, "cuda" if num_gpus else "cpu", fail_after,
-                                     str(out / ".fault_injected"), max(1, int(cpus) // concurrency)))
-        columns = [TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
-                   TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
-                   TimeRemainingColumn()]
-        with Progress(*columns, disable=not show_progress) as progress:
-            task = progress.add_task("label", total=sum(expected.values()), shards="", rate="")
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in batch.to_pylist():
-                    name = Path(row.pop("path")).name
-                    rows_of[name][row["utt_id"]] = row   # a retried task's rows replace, never add
-                    if len(rows_of[name]) == expected[name]:
-                        _write(out, name, inputs[name], rows_of[name], index, teacher_id)
-                done = sum(len(r) for r in rows_of.values())
-                progress.update(task, completed=done,
-                                rate=f"{done / (time.perf_counter() - began):.1f} utts/s",
-                                shards=f"{len(index['shards'])}/{len(inputs)} shards")
-    missing = {n: expected[n] - len(rows_of.get(n, {})) for n in pending
-               if len(rows_of.get(n, {})) != expected[n]}
+                TeacherLabeler, batch_format="pyarrow", batch_size=batch_size, compute=strategy,
+                num_gpus=num_gpus or None, resources=resources or None,
+                fn_constructor_args=(str(bundle), settings, "cuda" if num_gpus else "cpu",
+                                     int(os.environ.get(FAIL_ENV, "0")), str(out / ".fault_injected"),
+                                     max(1, int(cpus) // pool[1])))
+        # blocks reach the driver in input order (the actors still work in parallel), so it holds
+        # about one shard's labels at a time instead of many shards' beginnings
+        ds.context.execution_options.preserve_order = True
+        _collect(ds, shards, len(inputs), show_progress)
+    missing = shards.missing()
     if missing:   # cannot happen unless rows were dropped upstream; never write such a shard
         raise LabelError(f"labeling lost utterances of {len(missing)} shards ({missing}); re-run to redo them")
-    return _summary(rows_of, len(pending), len(inputs) - len(pending), time.perf_counter() - began)
+    return shards.totals.summary(len(pending), len(inputs) - len(pending), time.perf_counter() - began)
+
+
+def _collect(ds, shards: ShardAssembler, total_shards: int, show_progress: bool) -> None:
+    """Stream the labelers' output into the shard assembler, with a progress bar."""
+    columns = [TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
+               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
+               TimeRemainingColumn()]
+    began = time.perf_counter()
+    with Progress(*columns, disable=not show_progress) as progress:
+        task = progress.add_task("label", total=sum(shards.expected.values()), shards="", rate="")
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            shards.add(batch)
+            done = shards.received
+            progress.update(task, completed=done,
+                            rate=f"{done / (time.perf_counter() - began):.1f} utts/s",
+                            shards=f"{len(shards.index['shards'])}/{total_shards} shards")
+
+
+def pool_bounds(concurrency: int | tuple[int, int]) -> tuple[int, int]:
+    """(min, max) actors: a single number is a fixed pool."""
+    lo, hi = (concurrency, concurrency) if isinstance(concurrency, int) else concurrency
+    if not 1 <= lo <= hi:
+        raise LabelError(f"--concurrency {lo if lo == hi else f'{lo}:{hi}'}: want N >= 1 or "
+                         f"MIN:MAX with 1 <= MIN <= MAX")
+    return lo, hi
+
+
+def actor_request(num_gpus: float, resources: dict[str, float] | None) -> dict[str, float]:
+    """The resources one teacher actor holds (Ray Data gives an actor one CPU by default)."""
+    return {"CPU": 1.0, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
+
+
+def warn_if_unsatisfiable(request: dict[str, float], pool: tuple[int, int]) -> None:
+    """Ray queues an actor or task that no node can hold rather than failing it, so a pool that
+    cannot be filled would wait without a word. Warn (not refuse: nodes can join, by the
+    autoscaler or by hand) when no node alive can hold an actor and no autoscaler node type that
+    could is known, when the nodes alive and those the autoscaler may add can hold fewer than
+    the pool's maximum, and when the actors the pool starts with would take every CPU of the
+    nodes alive, leaving none for the tasks that read the shards."""
+    import ray
+
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    now = sum(_fits(node, request) for node in alive)
+    growth = autoscaler_capacity(request)
+    if now == 0 and not growth:
+        log.warning("no node of this cluster can hold a labeling actor (each asks for %s), and no "
+                    "autoscaler node type that could is known: the job waits until such a node "
+                    "joins", request)
+    elif growth is not None and now + growth < pool[1]:
+        log.warning("this cluster can ever hold %d of the %d labeling actors asked for (each asks "
+                    "for %s)", now + growth, pool[1], request)
+    if not growth and now >= pool[0] and sum(n.get("CPU", 0) for n in alive) - pool[0] * request["CPU"] < 1:
+        log.warning("the %d labeling actors the pool starts with take every CPU of this cluster's "
+                    "nodes and leave none to read the shards: the job waits until a node joins; use "
+                    "--concurrency 1:%d, or fewer actors", pool[0], pool[1])
+
+
+def _fits(node: dict[str, float], request: dict[str, float]) -> int:
+    """How many actors asking for `request` one node with resources `node` can hold."""
+    return min(int(node.get(k, 0) // v) for k, v in request.items() if v)
+
+
+def autoscaler_capacity(request: dict[str, float]) -> float | None:
+    """Actors that the node types the autoscaler may add could hold at their max counts (inf when
+    unbounded), or None when the cluster publishes no autoscaling config (no autoscaler, or
+    Ray's v1 autoscaler, which keeps its node types to itself). The v2 autoscaler publishes it in
+    the GCS, where Ray Data and Ray Train read it too."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is None:
+        return None
+    total: float = 0
+    for group in config.node_group_configs:
+        per_node = _fits(dict(group.resources), request)
+        if per_node and group.max_count:
+            total += math.inf if group.max_count < 0 else per_node * group.max_count
+    return total
 
 
 def _teacher(bundle: str | Path | None, via_serve: str | None) -> tuple[str, bytes]:
@@ -229,29 +397,3 @@ def _open_index(out: Path, teacher_id: str, tokenizer: bytes, settings: dict) ->
         raise LabelError(f"{out} was labelled with decode settings {index['decode']}, not {settings}: "
                          f"refusing to mix settings; use a new --out")
     return index
-
-
-def _write(out: Path, name: str, source: Path, rows: dict[str, dict], index: dict, teacher_id: str) -> None:
-    """Write one output shard in its input's row order, then record it in labels.json."""
-    if any(r["teacher_id"] != teacher_id for r in rows.values()):
-        raise LabelError(f"shard {name} was labelled by another teacher than {teacher_id}")
-    order = pq.read_table(source, columns=["utt_id"]).column("utt_id").to_pylist()
-    write_shard(out / name, [rows[u] for u in order], LABEL_SCHEMA)
-    index["shards"][name] = len(order)
-    tmp = out / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    tmp.replace(out / INDEX)
-
-
-def _summary(rows_of: dict[str, dict[str, dict]], done: int, skipped: int, seconds: float) -> LabelSummary:
-    rows = [r for shard in rows_of.values() for r in shard.values()]
-    audio_s = sum(r["duration_s"] for r in rows)
-    labelled = [r for r in rows if r["hyps"]]
-    scored = [r for r in labelled if r["text"].strip()]
-    wer = error_rates([r["text"] for r in scored], [r["hyps"][0]["text"] for r in scored]).wer \
-        if scored else None
-    return LabelSummary(
-        shards_done=done, shards_skipped=skipped, utterances=len(rows), hours=audio_s / 3600,
-        decode_s=seconds, rtf=seconds / max(audio_s, 1e-9),
-        mean_hyp_tokens=sum(len(r["hyps"][0]["tokens"]) for r in labelled) / max(len(labelled), 1),
-        wer_1best=wer, unusable=len(rows) - len(labelled))

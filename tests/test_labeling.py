@@ -11,9 +11,11 @@ import pytest
 
 from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows, shard_paths
-from common.transcriber import Transcriber
 from common.labels import LABEL_SCHEMA
-from services.labeling import FAIL_ENV, LabelError, label
+from common.metrics import error_rates
+from common.transcriber import Transcriber
+from services.labeling import (FAIL_ENV, LabelError, ShardAssembler, actor_request, autoscaler_capacity,
+                               label, pool_bounds, warn_if_unsatisfiable)
 
 pytestmark = pytest.mark.slow
 DECODE = BeamConfig(beam=4, nbest=3, ctc_weight=0.3)
@@ -103,7 +105,60 @@ def test_a_killed_actor_loses_and_duplicates_nothing(ray_local, synth_corpus, ti
     assert all(r["hyps"] for r in labels.values())
 
 
-def test_concurrency_that_would_starve_the_readers_is_refused(ray_local, synth_corpus, tiny_bundle, tmp_path):
-    with pytest.raises(LabelError, match="use 1..1"):
-        label(tiny_bundle[0], synth_corpus[0] / "train", tmp_path / "o", DECODE, concurrency=2,
-              show_progress=False)
+def test_the_driver_holds_one_shard_of_labels_and_never_audio(ray_local, synth_corpus, tiny_bundle,
+                                                              tmp_path, monkeypatch):
+    """Labelers send ids and hypotheses only; a shard's labels are dropped once it is written,
+    and the summary is the same as one computed from the written shards."""
+    held, columns = [], set()
+    add = ShardAssembler.add
+
+    def spy(self, batch):
+        columns.update(batch.column_names)
+        add(self, batch)
+        held.append(sum(len(ids) for ids in self.ids.values()))
+
+    monkeypatch.setattr(ShardAssembler, "add", spy)
+    out = tmp_path / "out"
+    summary = label(tiny_bundle[0], synth_corpus[0] / "train", out, DECODE, batch_size=4,
+                    concurrency=(1, 2), show_progress=False)
+    assert columns == {"utt_id", "path", "hyps", "teacher_id", "ctc_topm_ids", "ctc_topm_logp"}
+    assert held[-1] == 0 and max(held) < 10 + 4   # shards of 10: one shard and one batch at most
+    rows = list(rows_by_id(out).values())
+    scored = [r for r in rows if r["hyps"] and r["text"].strip()]
+    want = error_rates([r["text"] for r in scored], [r["hyps"][0]["text"] for r in scored])
+    assert summary.utterances == len(rows) == 24 and summary.unusable == 0
+    assert summary.wer_1best == pytest.approx(want.wer)
+    assert summary.hours == pytest.approx(sum(r["duration_s"] for r in rows) / 3600)
+    assert summary.mean_hyp_tokens == pytest.approx(sum(len(r["hyps"][0]["tokens"]) for r in rows) / 24)
+
+
+def test_pool_sizes_and_requests_nothing_can_hold(ray_local, caplog, monkeypatch):
+    """No refusal from the cluster's size today: warnings only, for a pool that cannot be filled
+    (this local Ray has 2 CPUs and no autoscaler; then one is faked)."""
+    import ray._private.state
+    from ray.core.generated import autoscaler_pb2
+
+    assert pool_bounds(2) == (2, 2) and pool_bounds((1, 4)) == (1, 4)
+    for bad in (0, (2, 1), (0, 3)):
+        with pytest.raises(LabelError, match="1 <= MIN <= MAX"):
+            pool_bounds(bad)
+    cpu, gpu, labeler = actor_request(0, None), actor_request(1, None), actor_request(0, {"labeler": 1})
+    assert actor_request(0.5, {"labeler": 1}) == {"CPU": 1.0, "GPU": 0.5, "labeler": 1}
+    with caplog.at_level("WARNING", logger="services.labeling"):
+        warn_if_unsatisfiable(cpu, (1, 2))
+        warn_if_unsatisfiable(cpu, (1, 3))   # a third actor might fit a node yet to join
+        assert not caplog.records
+        warn_if_unsatisfiable(gpu, (1, 1))
+        warn_if_unsatisfiable(cpu, (2, 2))
+        config = autoscaler_pb2.ClusterConfig(node_group_configs=[autoscaler_pb2.NodeGroupConfig(
+            name="labeler", resources={"CPU": 1, "labeler": 1}, min_count=0, max_count=1)])
+        monkeypatch.setattr(ray._private.state.state, "get_cluster_config", lambda: config)
+        assert autoscaler_capacity(labeler) == 1 and autoscaler_capacity(gpu) == 0
+        warn_if_unsatisfiable(labeler, (1, 2))
+        warn_if_unsatisfiable(gpu, (1, 1))
+    assert [r.getMessage().split(" (")[0].split(":")[0] for r in caplog.records] == [
+        "no node of this cluster can hold a labeling actor",
+        "the 2 labeling actors the pool starts with take every CPU of this cluster's nodes and "
+        "leave none to read the shards",
+        "this cluster can ever hold 1 of the 2 labeling actors asked for",
+        "no node of this cluster can hold a labeling actor"]
