@@ -2,7 +2,7 @@
 
     python bench/label_throughput.py --data D/train --bundle runs/teacher/bundle
         [--utts 0 --concurrency 1 2 --rss-utts 2000 20000 --shard-size 1000 --beam 5 --nbest 5
-         --topm 8 --batch-size 16 --num-cpus 2] [--quick] [--json out.json]
+         --topm 8 --batch-size 16 --num-cpus 2 --rss-bundle B --rss-beam K] [--quick] [--json out.json]
 
   plain       one utterance at a time through `Transcriber` (FLAC decode, features, beam search)
               in this process, `--num-cpus` torch threads: the loop one would write by hand
@@ -12,7 +12,10 @@
               included; its 1-best texts must equal the loop's
   driver RSS  `seqkd label` as a fresh process (the driver alone: it joins the local Ray above)
               on manifests of `--rss-utts` utterances, built by repeating the rows of `--data`
-              under new utterance ids; its peak RSS must stay about flat as the corpus grows
+              under new utterance ids; its peak RSS must stay about flat as the corpus grows. What
+              the driver holds does not depend on the model, only on the rows and hypotheses, so
+              `--rss-bundle` (a student) and `--rss-beam` (nbest = min(nbest, K)) make 20k
+              utterances minutes, not a quarter of an hour, on 2 cores
 `--quick` (24 utterances; 48 and 240 for RSS, in shards of 24) checks the script, it measures nothing.
 """
 
@@ -50,6 +53,8 @@ def main() -> None:
     ap.add_argument("--topm", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--rss-bundle", help="the model of the driver-RSS runs (default: --bundle)")
+    ap.add_argument("--rss-beam", type=int, help="their beam (default: --beam)")
     ap.add_argument("--quick", action="store_true", help="a smoke test: 24 utts, small RSS manifests")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -62,7 +67,8 @@ def main() -> None:
     import ray
 
     with tempfile.TemporaryDirectory(prefix="label-bench-") as tmp:
-        data = repeated(rows, len(rows), Path(tmp, "data"), args.shard_size)
+        # eight shards (so eight blocks): each actor of a pool of 2 always has one to work on
+        data = repeated(rows, len(rows), Path(tmp, "data"), -(-len(rows) // 8))
         plain_s, plain_texts = plain_loop(args.bundle, rows, cfg, args.num_cpus)
         # one logical CPU more than the cores: the tasks that list and read the shards need one
         # beside a pool of as many actors as cores (they are light; the actors do the work)
@@ -136,9 +142,10 @@ def ray_run(bundle: str, data: Path, out: Path, cfg: BeamConfig, batch_size: int
 def driver_rss(args: argparse.Namespace, rows: list[dict], n: int, tmp: Path, address: str) -> dict:
     """Peak RSS of `seqkd label` (the driver process only) on a manifest of n utterances."""
     data = repeated(rows, n, tmp / f"rss-{n}", args.shard_size)
-    command = [sys.executable, "-m", "seqkd", "label", args.bundle, "--data", str(data),
-               "--out", str(tmp / f"rss-{n}-labels"), "--beam", str(args.beam), "--nbest",
-               str(args.nbest), "--ctc-weight", str(args.ctc_weight), "--topm", str(args.topm),
+    beam = args.rss_beam or args.beam
+    command = [sys.executable, "-m", "seqkd", "label", args.rss_bundle or args.bundle, "--data", str(data),
+               "--out", str(tmp / f"rss-{n}-labels"), "--beam", str(beam), "--nbest",
+               str(min(args.nbest, beam)), "--ctc-weight", str(args.ctc_weight), "--topm", str(args.topm),
                "--batch-size", str(args.batch_size), "--concurrency", str(max(args.concurrency)),
                "--address", address, "--json"]
     began = time.perf_counter()
@@ -153,6 +160,7 @@ def driver_rss(args: argparse.Namespace, rows: list[dict], n: int, tmp: Path, ad
         sys.exit(f"seqkd label on {n} utterances failed:\n{output[-3000:]}")
     summary = json.loads(output.strip().splitlines()[-1])
     return {"utts": n, "shards": -(-n // args.shard_size), "labelled": summary["utterances"],
+            "bundle": args.rss_bundle or args.bundle, "beam": beam,
             "seconds": round(time.perf_counter() - began, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 

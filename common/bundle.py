@@ -21,11 +21,13 @@ in place of the weights; every command that takes a bundle takes one (`load_mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,13 +71,10 @@ class Bundle:
 def save_bundle(path: str | Path, model: Seq2Seq, tokenizer: Tokenizer, features: FeatureExtractor,
                 meta: dict[str, Any] | None = None) -> str:
     """Write the bundle atomically (temp dir + rename); return its id."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
-        config = {"model": _model_dict(_unwrap(model).cfg), "features": asdict(features.config),
+        config = {"model": _unwrap(model).cfg.to_dict(), "features": asdict(features.config),
                   "input_dim": _unwrap(model).input_dim, "vocab_size": _unwrap(model).vocab_size}
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         tokenizer.save(tmp / "tokenizer.model")
@@ -84,13 +83,24 @@ def save_bundle(path: str | Path, model: Seq2Seq, tokenizer: Tokenizer, features
         full_meta = {**(meta or {}), "params": _unwrap(model).num_params(), "bundle_id": bundle_id,
                      "vocab_size": tokenizer.vocab_size}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+    return bundle_id
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A temp directory beside `path` to fill; on success it replaces `path` (rename), on any
+    error it is removed: a reader never sees a half-written bundle or export."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return bundle_id
 
 
 @dataclass
@@ -237,11 +247,6 @@ def disk_bytes(path: Path) -> int:
 
 def _unwrap(model: torch.nn.Module) -> Seq2Seq:
     return getattr(model, "module", model)
-
-
-def _model_dict(cfg: ModelConfig) -> dict:
-    return {"encoder": asdict(cfg.encoder), "decoder": asdict(cfg.decoder),
-            "ctc_weight": cfg.ctc_weight, "label_smoothing": cfg.label_smoothing}
 
 
 def files_id(path: Path, names: tuple[str, ...] = ID_FILES) -> str:

@@ -22,9 +22,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -38,7 +36,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from common.bundle import (EXPORT_FORMAT, EXPORT_ID_FILES, EXPORT_VERSION, BundleError,
+from common.bundle import (EXPORT_FORMAT, EXPORT_ID_FILES, EXPORT_VERSION, BundleError, atomic_dir,
                            disk_bytes, file_sha256, files_id, find_bundle, load_bundle)
 from common.models import Seq2Seq
 from common.models.rows import Rows
@@ -87,9 +85,7 @@ def export_bundle(source: str | Path, out: str | Path, precision: str = "fp32") 
     source, out = find_bundle(source), Path(out)
     bundle = load_bundle(source)
     model = bundle.model.float().eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         graphs = _export_graphs(model, tmp, bundle.features.config.n_mels)
         _check(model, tmp, graphs, bundle.features.config.n_mels)
         if precision == "int8":
@@ -104,12 +100,6 @@ def export_bundle(source: str | Path, out: str | Path, precision: str = "fp32") 
                 "sizes": {**{name: (tmp / name).stat().st_size for name in EXPORT_ID_FILES},
                           "source_bundle": disk_bytes(source)}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

@@ -36,6 +36,9 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Pool threads that spin between the many tiny per-step calls of a beam search take the cores
+    # from torch's own threads (the search's tensor ops) and from Python
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3          # errors only: shape-inference notes are not for users
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

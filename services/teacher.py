@@ -58,12 +58,6 @@ def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return {key: meta[key] for key in PUBLIC_META if key in meta}
 
 
-def _model_dict(bundle) -> dict:
-    cfg = bundle.model.cfg
-    return {"encoder": asdict(cfg.encoder), "decoder": asdict(cfg.decoder),
-            "ctc_weight": cfg.ctc_weight}
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Teacher:
@@ -80,7 +74,7 @@ class Teacher:
         self.info = {"model": b.bundle_id, "name": model_name(b.path) if b.path else b.bundle_id,
                      "form": b.form, "params": b.model.num_params(),
                      "vocab_size": b.tokenizer.vocab_size, "meta": public_meta(b.meta),
-                     "config": {"model": _model_dict(b),
+                     "config": {"model": b.model.cfg.to_dict(),
                                 "features": asdict(b.features.config)},
                      "device": str(self.transcriber.device),
                      "limits": asdict(self.limits), "max_batch_size": max_batch_size}

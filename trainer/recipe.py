@@ -115,9 +115,7 @@ class Recipe(_RecipeShell):
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["model"] = {"encoder": asdict(self.model.encoder), "decoder": asdict(self.model.decoder),
-                        "ctc_weight": self.model.ctc_weight,
-                        "label_smoothing": self.model.label_smoothing}
+        out["model"] = self.model.to_dict()
         return out
 
 

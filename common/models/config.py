@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from common.config import ConfigError, from_dict
@@ -91,6 +91,10 @@ class ModelConfig:
     decoder: LSTMDecoderConfig | TransformerDecoderConfig
     ctc_weight: float = 0.3        # joint CTC-attention training weight
     label_smoothing: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one plain-dict form (bundles' config.yaml, recipes, /v1/model); `from_dict` reads it."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "model") -> "ModelConfig":
