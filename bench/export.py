@@ -35,9 +35,8 @@ from trainer.evaluate import evaluate  # noqa: E402
 
 def exported(bundle: Path, out: Path, precision: str) -> Path:
     """`out` holding the export of `bundle` at `precision`, exported now unless it already does."""
-    meta = out / "meta.json"
-    if not (meta.exists() and json.loads(meta.read_text()).get("source_bundle_id") == bundle_id(bundle)
-            and json.loads(meta.read_text()).get("precision") == precision):
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    if (meta.get("source_bundle_id"), meta.get("precision")) != (bundle_id(bundle), precision):
         export_bundle(bundle, out, precision)
     return out
 

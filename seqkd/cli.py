@@ -11,13 +11,17 @@ from seqkd import (demo_cmd, distill_cmd, evaluate_cmd, export_cmd, label_cmd, p
                    serve_cmd, train_cmd, transcribe_cmd)
 from seqkd import console
 
+def _in_out(args: argparse.Namespace) -> Path:
+    return Path(args.out) / "ray.log"
+
+
 # The commands that start Ray, and where its output goes unless --verbose (seqkd.console).
 RAY_LOGS: dict[str, tuple[str, Callable[[argparse.Namespace], Path]]] = {
-    "train": ("RUN/ray.log", lambda a: Path(a.out) / "ray.log"),
-    "distill": ("RUN/ray.log", lambda a: Path(a.out) / "ray.log"),
-    "label": ("OUT/ray.log", lambda a: Path(a.out) / "ray.log"),
-    "serve": ("a new seqkd-serve-*.log in the temp directory", lambda a: console.default_serve_log()),
-    "demo": ("OUT/ray.log", lambda a: Path(a.out) / "ray.log"),
+    "train": ("RUN/ray.log", _in_out),
+    "distill": ("RUN/ray.log", _in_out),
+    "label": ("OUT/ray.log", _in_out),
+    "serve": ("a new seqkd-serve-*.log in the temp directory", lambda _: console.default_serve_log()),
+    "demo": ("OUT/ray.log", _in_out),
 }
 
 
