@@ -13,13 +13,15 @@ Steps mode: step time over steps skip+1..steps (after start-up), from the Train 
 Whole-run mode: wall time of every epoch of the recipe, start-up included: the plain loop from
 its CMVN estimate and featurisation to its last step; `train` from `ray.init` to the installed
 bundle (front end, Ray Train and Ray Data start-up, epoch checkpoints), without and (`--dev`)
-with the per-epoch dev decode.
+with the per-epoch dev decode; and the floor under any such run: `ray.init`, a Ray Train run
+whose loop does nothing, `ray.shutdown`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -35,7 +37,7 @@ from common.models import Seq2Seq
 from trainer.data import bucketed, featurize, tokenizer_of
 from trainer.loop import GroundTruth, lr_factor
 from trainer.recipe import load_recipe
-from trainer.run import RunPaths, make_front_end, train
+from trainer.run import POLL_ENV, POLL_S, RunPaths, make_front_end, train
 
 
 def main() -> None:
@@ -91,8 +93,11 @@ def main() -> None:
 def whole_run(args: argparse.Namespace) -> None:
     """Every epoch of the recipe, start-up included: a plain loop against `seqkd train`."""
     import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     recipe = load_recipe(args.config)
+    os.environ.setdefault(POLL_ENV, POLL_S)   # as `train` sets it, so the floor is its floor
     threads = recipe.scaling.cpu_threads or args.num_cpus
     torch.set_num_threads(threads)
     seconds: dict[str, float] = {}
@@ -101,6 +106,12 @@ def whole_run(args: argparse.Namespace) -> None:
         front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, "plain")))
         _, steps = plain_loop(recipe, front, Path(args.data), None, 0)
         seconds["plain"] = time.perf_counter() - began
+        began = time.perf_counter()   # what any Ray Train run pays: Ray, controller, worker, exit
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=1),
+                     run_config=RunConfig(name="floor", storage_path=str(Path(tmp, "floor")))).fit()
+        ray.shutdown()
+        seconds["ray_train_floor"] = time.perf_counter() - began
         for name, dev in [("ray_train", None)] + ([("ray_train_dev", args.dev)] if args.dev else []):
             began = time.perf_counter()
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
@@ -119,6 +130,7 @@ def whole_run(args: argparse.Namespace) -> None:
     for col in ["loop", "s", "vs plain"]:
         table.add_column(col, justify="right")
     labels = {"plain": "plain loop over features computed up front",
+              "ray_train_floor": "Ray start + an empty Ray Train run (the floor of any run)",
               "ray_train": "seqkd train (Ray Train + Ray Data)",
               "ray_train_dev": "seqkd train, dev WER every epoch"}
     for name, s in seconds.items():
@@ -126,6 +138,10 @@ def whole_run(args: argparse.Namespace) -> None:
     Console().print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def _nothing(config: dict) -> None:
+    """A Ray Train loop that does no work: its run times Ray Train's own start and stop."""
 
 
 def plain_loop(recipe, front, data: Path, steps: int | None, skip: int) -> tuple[float, int]:

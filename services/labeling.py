@@ -246,6 +246,8 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     which nodes to add)."""
     import ray.data
 
+    from common.shard_dataset import read_shards
+
     decode.validate()
     pool = pool_bounds(concurrency)
     if not via_serve:
@@ -262,8 +264,7 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     shards = ShardAssembler(out, pending, index, teacher_id, json.dumps(settings, sort_keys=True))
     began = time.perf_counter()
     if pending:
-        ds = ray.data.read_parquet([str(p) for p in pending.values()], include_paths=True,
-                                   file_extensions=["parquet"]).select_columns([*READ_COLUMNS, "path"])
+        ds = read_shards([str(p) for p in pending.values()], READ_COLUMNS, include_paths=True)
         strategy = ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1])
         if via_serve:
             ds = ds.map_batches(ServeLabeler, fn_constructor_args=(via_serve, settings), num_cpus=0,

@@ -257,3 +257,44 @@ def test_feature_cache_prefill_reads_a_whole_pass_first_or_falls_back_to_streami
     assert read == pools[:3] and not small.ready    # stopped reading one pool past the bound
     assert list(stream) == pools                    # nothing lost, nothing repeated, in order
     assert list(FeatureCache(limit_bytes=0).prefill(iter(pools))) == pools
+
+
+def test_shards_read_as_a_dataset_keep_every_row_in_file_order(ray_local, synth_corpus):
+    """The Ray Dataset that training and labeling stream equals the shards read by pyarrow."""
+    import pyarrow.parquet as pq
+
+    from common.corpora.manifest import shard_paths
+    from common.shard_dataset import read_shards
+
+    data, _ = synth_corpus
+    shards = [str(p) for p in shard_paths(data / "train")]
+    assert len(shards) > 1
+    rows = read_shards(shards, ["utt_id", "text"], include_paths=True).take_all()
+    expected = [(r["utt_id"], r["text"], s) for s in shards
+                for r in pq.read_table(s, columns=["utt_id", "text"]).to_pylist()]
+    assert [(r["utt_id"], r["text"], r["path"]) for r in rows] == expected
+    assert set(rows[0]) == {"utt_id", "text", "path"}
+    assert ray_local.data.DataContext.get_current().use_datasource_v2   # the process's default is back
+
+
+def test_started_fetches_the_first_item_ahead_and_keeps_order_and_errors():
+    import threading
+
+    from trainer.data import started
+
+    fetched = threading.Event()
+
+    def items():
+        fetched.set()
+        yield from range(5)
+
+    it = started(items())
+    assert fetched.wait(10)   # under way before anyone asked for an item
+    assert list(it) == [0, 1, 2, 3, 4]
+    assert list(started([])) == []
+
+    def broken():
+        raise OSError("shard gone")
+        yield
+    with pytest.raises(OSError, match="shard gone"):
+        list(started(broken()))

@@ -30,7 +30,7 @@ from common.bundle import save_bundle
 from common.features import SpecAugment
 from common.metrics import error_rates
 from common.models import Seq2Seq
-from trainer.data import Batch, FeatureCache, FrontEnd, bucketed, collate, tokenizer_of
+from trainer.data import Batch, FeatureCache, FrontEnd, bucketed, collate, started, tokenizer_of
 from trainer.recipe import Recipe, recipe_from_dict
 
 FAIL_ENV = "SEQKD_FAIL_AT_STEP"   # fault injection for tests: crash once after this step
@@ -65,11 +65,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     tokenizer = tokenizer_of(front)
 
+    train_shard = ray.train.get_dataset_shard("train")
+    restored = ray.train.get_checkpoint()
+    # a new run's first pass (and the dev set) start streaming while the model is built
+    first_pass = started(_pools(train_shard, opt_cfg.bucket_utts)) if restored is None else None
+    dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
+        else None
+
     torch.manual_seed(opt_cfg.seed)   # the same initial weights on every worker and every run
     model = Seq2Seq(recipe.model, recipe.features.n_mels, tokenizer.vocab_size)
     progress = Progress()
     best_state: dict[str, torch.Tensor] | None = None
-    restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as ckpt:
             model.load_state_dict(load_file(os.path.join(ckpt, "bundle", "model.safetensors")))
@@ -92,9 +98,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     augment.train(opt_cfg.specaugment)
     objective = config.get("objective") or GroundTruth()
 
-    train_shard = ray.train.get_dataset_shard("train")
-    dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
-        else None
     fail_at = int(os.environ.get(FAIL_ENV, "0"))
     fail_marker = Path(config["run_dir"], ".fault_injected")
     max_steps = opt_cfg.max_steps or math.inf
@@ -110,8 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         if not cache.ready:
-            stream = train_shard.iter_batches(batch_size=opt_cfg.bucket_utts, batch_format="pyarrow",
-                                              prefetch_batches=2)
+            stream, first_pass = first_pass or _pools(train_shard, opt_cfg.bucket_utts), None
             # featurising first pays when the cached epoch then trains on more threads than the one
             # the worker has beside the data tasks; else training overlaps the stream
             pools = cache.prefill(stream) if threads > torch.get_num_threads() else cache.record(stream)
@@ -172,6 +174,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     **timing, **counted}, f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
             "best_step": progress.best_step, "stopped_early": progress.stopped_early}
+
+
+def _pools(shard, bucket_utts: int):
+    """One pass over the worker's shard of the training set, `bucket_utts` utterances a pool."""
+    return shard.iter_batches(batch_size=bucket_utts, batch_format="pyarrow", prefetch_batches=2)
 
 
 def _cores_per_worker(local_workers: int) -> int:
@@ -246,7 +253,8 @@ class DevSet:
     """The dev set, featurised once and kept on the worker: it is small and read every epoch."""
 
     def __init__(self, shard, front: FrontEnd) -> None:
-        self.shard, self.front = shard, front
+        self.front = front
+        self.rows = started(shard.iter_batches(batch_size=16, batch_format="pyarrow"))   # streams now
         self.batches: list[Batch] | None = None
 
     @torch.no_grad()
@@ -258,8 +266,7 @@ class DevSet:
         until the length limit, and a dev WER of such loops would pick the wrong best bundle.
         """
         if self.batches is None:
-            self.batches = [collate(rows, self.front.features.n_mels)
-                            for rows in self.shard.iter_batches(batch_size=16, batch_format="pyarrow")]
+            self.batches = [collate(rows, self.front.features.n_mels) for rows in self.rows]
         model.eval()
         tokenizer = tokenizer_of(self.front)
         refs, hyps, loss_sum, n = [], [], 0.0, 0
