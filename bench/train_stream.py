@@ -3,7 +3,7 @@
     python bench/train_stream.py --data D/train [--config conf/student_medium.yaml]
                                  [--steps 60 --skip 10 --max-frames 8000] [--json out.json]
     python bench/train_stream.py --whole-run --data D/train [--dev D/dev]
-                                 [--config conf/student_small.yaml] [--json out.json]
+                                 [--config conf/student_small.yaml] [--repeat N] [--json out.json]
 
 Same recipe, same model initialisation, same batches in the same order, the recipe's threads:
   in-memory   every utterance featurised up front into tensors, then a bare PyTorch loop
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--whole-run", action="store_true",
                     help="time whole runs of the recipe's epochs, start-up included")
     ap.add_argument("--dev", help="--whole-run: also time a run with this dev set decoded per epoch")
+    ap.add_argument("--repeat", type=int, default=1, help="--whole-run: rounds of every form")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.whole_run:
@@ -91,7 +93,10 @@ def main() -> None:
 
 
 def whole_run(args: argparse.Namespace) -> None:
-    """Every epoch of the recipe, start-up included: a plain loop against `seqkd train`."""
+    """Every epoch of the recipe, start-up included: a plain loop against `seqkd train`.
+
+    Each of `--repeat` rounds times every form back to back; the table shows the medians and
+    each round's ratio, because a 2-core VM drifts by 10-15% between minutes."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -100,41 +105,52 @@ def whole_run(args: argparse.Namespace) -> None:
     os.environ.setdefault(POLL_ENV, POLL_S)   # as `train` sets it, so the floor is its floor
     threads = recipe.scaling.cpu_threads or args.num_cpus
     torch.set_num_threads(threads)
-    seconds: dict[str, float] = {}
+    rounds: list[dict[str, float]] = []
+    forms = [("ray_train", None)] + ([("ray_train_dev", args.dev)] if args.dev else [])
     with tempfile.TemporaryDirectory() as tmp:
-        began = time.perf_counter()
-        front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, "plain")))
-        _, steps = plain_loop(recipe, front, Path(args.data), None, 0)
-        seconds["plain"] = time.perf_counter() - began
-        began = time.perf_counter()   # what any Ray Train run pays: Ray, controller, worker, exit
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-        TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=1),
-                     run_config=RunConfig(name="floor", storage_path=str(Path(tmp, "floor")))).fit()
-        ray.shutdown()
-        seconds["ray_train_floor"] = time.perf_counter() - began
-        for name, dev in [("ray_train", None)] + ([("ray_train_dev", args.dev)] if args.dev else []):
+        for r in range(args.repeat):
+            seconds: dict[str, float] = {}
             began = time.perf_counter()
+            front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, f"plain{r}")))
+            _, steps = plain_loop(recipe, front, Path(args.data), None, 0)
+            seconds["plain"] = time.perf_counter() - began
+            began = time.perf_counter()   # what any Ray Train run pays: Ray, controller, worker, exit
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-            summary = train(recipe, args.data, dev, Path(tmp, name))
+            TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=1),
+                         run_config=RunConfig(name="floor", storage_path=str(Path(tmp, f"floor{r}")))).fit()
             ray.shutdown()
-            seconds[name] = time.perf_counter() - began
-            assert summary["steps"] == steps, (summary["steps"], steps)   # the same work
+            seconds["ray_train_floor"] = time.perf_counter() - began
+            for name, dev in forms:
+                began = time.perf_counter()
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+                summary = train(recipe, args.data, dev, Path(tmp, f"{name}{r}"))
+                ray.shutdown()
+                seconds[name] = time.perf_counter() - began
+                assert summary["steps"] == steps, (summary["steps"], steps)   # the same work
+            rounds.append(seconds)
 
+    names = list(rounds[0])
+    median = {k: statistics.median(r[k] for r in rounds) for k in names}
+    ratios = {k: [round(r[k] / r["plain"], 3) for r in rounds] for k in names if k != "plain"}
     params = Seq2Seq(recipe.model, recipe.features.n_mels, 40).num_params()
     result = {"mode": "whole-run", "config": args.config, "params": params, "steps": steps,
               "epochs": recipe.optim.epochs, "threads": threads, "num_cpus": args.num_cpus,
-              "seconds": {k: round(v, 1) for k, v in seconds.items()},
-              "ratio": {k: round(v / seconds["plain"], 3) for k, v in seconds.items() if k != "plain"}}
+              "rounds": [{k: round(v, 1) for k, v in r.items()} for r in rounds],
+              "seconds": {k: round(v, 1) for k, v in median.items()},
+              "ratio": {k: round(statistics.median(v), 3) for k, v in ratios.items()},
+              "ratio_per_round": ratios}
     table = Table(title=f"whole training run, {recipe.name} ({params / 1e6:.2f}M params), "
-                        f"{recipe.optim.epochs} epochs, {steps} steps, {threads} thread(s)")
-    for col in ["loop", "s", "vs plain"]:
+                        f"{recipe.optim.epochs} epochs, {steps} steps, {threads} thread(s), "
+                        f"median of {len(rounds)} round(s)")
+    for col in ["loop", "s", "vs plain", "each round"]:
         table.add_column(col, justify="right")
     labels = {"plain": "plain loop over features computed up front",
               "ray_train_floor": "Ray start + an empty Ray Train run (the floor of any run)",
               "ray_train": "seqkd train (Ray Train + Ray Data)",
               "ray_train_dev": "seqkd train, dev WER every epoch"}
-    for name, s in seconds.items():
-        table.add_row(labels[name], f"{s:.1f}", f"{s / seconds['plain']:.2f}x")
+    for name in names:
+        each = " ".join(f"{x:.2f}x" for x in ratios.get(name, []))
+        table.add_row(labels[name], f"{median[name]:.1f}", f"{result['ratio'].get(name, 1.0):.2f}x", each)
     Console().print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
