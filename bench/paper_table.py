@@ -114,9 +114,11 @@ class Study:
 
     def table(self) -> dict:
         """Mean and sd over seeds of dev and test WER; the paired bootstrap against the GT run of
-        the same size and seed, on test, pooled over seeds by summing the per-seed differences."""
+        the same size and seed, on test, pooled over seeds by summing the per-seed differences.
+        Every size with finished runs in WORK is in it, not only --sizes: a study run one size at a
+        time keeps one table."""
         rows = []
-        for size in self.args.sizes:
+        for size in SIZES:
             for name, config in CONFIGS.items():
                 runs = {s: self.work / "runs" / f"{size}-{name}-s{s}" for s in self.args.seeds}
                 runs = {s: r for s, r in runs.items() if (r / "bundle").is_dir()}
