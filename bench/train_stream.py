@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -38,7 +37,7 @@ from common.models import Seq2Seq
 from trainer.data import bucketed, featurize, tokenizer_of
 from trainer.loop import GroundTruth, lr_factor
 from trainer.recipe import load_recipe
-from trainer.run import POLL_ENV, POLL_S, RunPaths, make_front_end, train
+from trainer.run import RunPaths, make_front_end, poll_workers_often, train
 
 
 def main() -> None:
@@ -97,12 +96,8 @@ def whole_run(args: argparse.Namespace) -> None:
 
     Each of `--repeat` rounds times every form back to back; the table shows the medians and
     each round's ratio, because a 2-core VM drifts by 10-15% between minutes."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     recipe = load_recipe(args.config)
-    os.environ.setdefault(POLL_ENV, POLL_S)   # as `train` sets it, so the floor is its floor
+    poll_workers_often()   # as `train` does, so the floor is its floor
     threads = recipe.scaling.cpu_threads or args.num_cpus
     torch.set_num_threads(threads)
     rounds: list[dict[str, float]] = []
@@ -114,18 +109,11 @@ def whole_run(args: argparse.Namespace) -> None:
             front = make_front_end(recipe, shard_paths(args.data), RunPaths(Path(tmp, f"plain{r}")))
             _, steps = plain_loop(recipe, front, Path(args.data), None, 0)
             seconds["plain"] = time.perf_counter() - began
-            began = time.perf_counter()   # what any Ray Train run pays: Ray, controller, worker, exit
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-            TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=1),
-                         run_config=RunConfig(name="floor", storage_path=str(Path(tmp, f"floor{r}")))).fit()
-            ray.shutdown()
-            seconds["ray_train_floor"] = time.perf_counter() - began
+            seconds["ray_train_floor"] = _with_ray(args.num_cpus, lambda: _empty_run(Path(tmp, f"floor{r}")))
             for name, dev in forms:
-                began = time.perf_counter()
-                ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-                summary = train(recipe, args.data, dev, Path(tmp, f"{name}{r}"))
-                ray.shutdown()
-                seconds[name] = time.perf_counter() - began
+                summary: dict = {}
+                seconds[name] = _with_ray(args.num_cpus, lambda: summary.update(
+                    train(recipe, args.data, dev, Path(tmp, f"{name}{r}"))))
                 assert summary["steps"] == steps, (summary["steps"], steps)   # the same work
             rounds.append(seconds)
 
@@ -156,8 +144,28 @@ def whole_run(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
+def _with_ray(num_cpus: int, work) -> float:
+    """Seconds of `work` between `ray.init` and `ray.shutdown`, both counted."""
+    import ray
+
+    began = time.perf_counter()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    work()
+    ray.shutdown()
+    return time.perf_counter() - began
+
+
+def _empty_run(storage: Path) -> None:
+    """A Ray Train run whose loop does no work: what any run pays (controller, worker, exit)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=1),
+                 run_config=RunConfig(name="floor", storage_path=str(storage))).fit()
+
+
 def _nothing(config: dict) -> None:
-    """A Ray Train loop that does no work: its run times Ray Train's own start and stop."""
+    """A Ray Train loop that does no work."""
 
 
 def plain_loop(recipe, front, data: Path, steps: int | None, skip: int) -> tuple[float, int]:

@@ -11,7 +11,9 @@ from seqkd import (demo_cmd, distill_cmd, evaluate_cmd, export_cmd, label_cmd, p
                    serve_cmd, train_cmd, transcribe_cmd)
 from seqkd import console
 
+
 def _in_out(args: argparse.Namespace) -> Path:
+    """OUT/ray.log (RUN/ray.log): the commands whose output directory keeps Ray's log."""
     return Path(args.out) / "ray.log"
 
 

@@ -36,13 +36,18 @@ from trainer.loop import FAIL_ENV, train_loop_per_worker
 from trainer.recipe import Recipe, recipe_from_dict
 
 RUN_NAME = "train"
-# Ray Train's controller takes one report off each worker per poll, every 2 s by default, and a
-# worker's `ray.train.report` waits while its previous report is still unread: 10 reports in a row
-# took 18 s (measured), so training that reports more often than every 2 s ran at the pace of the
-# polls, and an epoch's checkpoint report waited up to 2 s behind the last step report. Polled
-# every 0.25 s the same 10 reports take 2.3 s; the polls cost no measurable training time (0.1 s
-# polls cost 15%). Set before the trainer starts, Ray Train passes it on to its controller.
-POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+
+
+def poll_workers_often() -> None:
+    """Have Ray Train's controller read the workers' reports every 0.25 s (a value the user set wins).
+
+    The controller takes one report off each worker per poll, every 2 s by default, and a worker's
+    `ray.train.report` waits while its previous report is still unread: 10 reports in a row took
+    18 s (measured), so training that reports more often than every 2 s ran at the pace of the
+    polls, and an epoch's checkpoint report waited up to 2 s behind the last step report. Polled
+    every 0.25 s the same 10 reports take 2.3 s; the polls cost no measurable training time (0.1 s
+    polls cost 15%). Set before a trainer starts, Ray Train passes it on to its controller."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 class RunError(ValueError):
@@ -156,7 +161,7 @@ def train(recipe: Recipe, train_dir: str | Path | list, dev_dir: str | Path | No
     if use_gpu == "auto":
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     exec_opts = ray.data.ExecutionOptions(preserve_order=True)
-    os.environ.setdefault(POLL_ENV, POLL_S)   # a value the user set wins
+    poll_workers_often()
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"recipe": recipe.to_dict(), "front": front, "has_dev": dev_dir is not None,
