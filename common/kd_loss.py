@@ -13,6 +13,13 @@ of decoding every hypothesis as its own row (`share_prefixes=False`, the flat pa
 rounding; with dropout in the decoder, hypotheses share the dropout mask of a shared prefix
 (the same expected gradient). The features are never copied.
 
+The trie pays where the step is compute-bound, as on CPUs (k=5 on the demo labels: 1.61x a
+one-target step vs 2.18x flat, `bench/kd_step.py`). On a GPU these small decoders are bound by
+kernel launches, not rows, and the trie's per-level gathers are extra launches: on an H200, k=5
+flat rows took 0.083 s a step vs the trie's 0.135 s (student_small, 32 utterances), the teacher
+0.137 vs 0.162 s (128; `bench/cuda_check.py`). So the default shares
+prefixes on CPU only (`share_prefixes=None`).
+
 Word-level KD (Hinton et al. 2015; Kim & Rush 2016's word-KD) interpolates the attention
 branch's cross-entropy with, along every hypothesis,
 
@@ -104,12 +111,13 @@ def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Te
                      ctc_targets: list[list[int]],
                      soft: SoftTargets | None = None,
                      ctc_soft: SoftTargets | None = None,
-                     share_prefixes: bool = True) -> dict[str, torch.Tensor]:
+                     share_prefixes: bool | None = None) -> dict[str, torch.Tensor]:
     """feats (B, T, F), lens (B,); hyps[u] = the k_u token lists of utterance u, weights[u] their
     a_uk (summing to 1); ctc_targets[u] = the CTC target (1-best or transcript); `soft`, the
     teacher's top-M along every hypothesis row (word-level KD), rows in the same order;
     `ctc_soft`, the teacher CTC head's top-M per frame, one row per utterance (frame-level KD);
-    `share_prefixes` False decodes every hypothesis as its own row (the flat path, for comparison).
+    `share_prefixes` False decodes every hypothesis as its own row (the flat path); None (the
+    default) shares prefixes on CPU and not on a GPU (see the module docstring for why).
 
     Goes through the model's `forward`, so a DDP-wrapped student synchronises its gradients.
     """
@@ -118,6 +126,7 @@ def sequence_kd_loss(model: torch.nn.Module, feats: torch.Tensor, lens: torch.Te
     out = model(feats, lens, [t for h in hyps for t in h],
                 owner=[u for u, h in enumerate(hyps) for _ in h],
                 weights=[w for ws in weights for w in ws], ctc_targets=ctc_targets, soft=soft,
-                ctc_soft=ctc_soft, share_prefixes=share_prefixes)
+                ctc_soft=ctc_soft,
+                share_prefixes=feats.device.type == "cpu" if share_prefixes is None else share_prefixes)
     return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(), "kl": out.kl.detach(),
             "frame_kl": out.frame_kl.detach()}

@@ -156,6 +156,18 @@ def test_trie_equals_flat_in_float32(family):
     assert_same(family, batch(realistic_nbest(2), torch.float32), torch.float32, 1e-5, 1e-5)
 
 
+def test_prefixes_are_shared_by_default_on_cpu_and_an_explicit_choice_wins():
+    """The default follows the device (the trie on CPU, flat rows on a GPU, where the trie's
+    per-level gathers cost more launches than the rows they save); asked for, either path runs."""
+    feats, lens, hyps, weights, _ = batch(realistic_nbest(3), torch.float32)
+    model, seen = tiny_model("pblstm-lstm"), []
+    forward = model.forward
+    model.forward = lambda *a, **kw: seen.append(kw["share_prefixes"]) or forward(*a, **kw)
+    for share in (None, False, True):
+        sequence_kd_loss(model, feats, lens, hyps, weights, [h[0] for h in hyps], share_prefixes=share)
+    assert seen == [True, False, True]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_position_gets_the_logits_of_its_own_row(family):
     """Per-row logits gathered from the trie equal the flat rows' at every position; node logits
