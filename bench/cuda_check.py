@@ -3,7 +3,7 @@
     python bench/cuda_check.py [--device cuda] [--steps 30 --skip 5] [--json out.json]
 
 A GPU machine lent to this project has torch but not Ray or PyAV, so this reads no corpus: it
-imports only `common.models`, `common.kd_loss` and `common.beam_search`, and times steps on
+imports only the models, the KD loss, beam search and the recipe loader, and times steps on
 synthetic batches shaped like the demo's (80 mels, 150-300 frames, hypotheses of 18-31 tokens
 whose 5-best share prefixes). It checks, per decoder family (a recipe's model, random weights):
   trie == flat      every gradient of the sequence-KD loss, prefix trie vs flat rows, on the device
@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from common.beam_search import BeamConfig, beam_search
 from common.kd_loss import sequence_kd_loss
-from common.models import ModelConfig, Seq2Seq
+from common.models import Seq2Seq
+from trainer.recipe import load_recipe
 
 FAMILIES = {"pblstm-lstm": "conf/student_small.yaml", "conformer-transformer": "conf/teacher_conformer.yaml"}
 RECIPES = ["conf/student_small.yaml", "conf/student_large.yaml", "conf/teacher.yaml"]
@@ -72,9 +72,10 @@ def main() -> None:
 
 
 def recipe_model(recipe: str) -> Seq2Seq:
-    """The recipe's model with seeded random weights, 80 mels in, 40 tokens out (the demo's)."""
+    """The recipe's model with seeded random weights, its mels in, 40 tokens out (the demo's)."""
+    loaded = load_recipe(recipe)
     torch.manual_seed(0)
-    return Seq2Seq(ModelConfig.from_dict(yaml.safe_load(Path(recipe).read_text())["model"]), 80, 40)
+    return Seq2Seq(loaded.model, loaded.features.n_mels, 40)
 
 
 def nbest(rng: random.Random, utterances: int, k: int, vocab: int, tail: int = 0) -> list[list[list[int]]]:
