@@ -30,7 +30,8 @@ from common.bundle import save_bundle
 from common.features import SpecAugment
 from common.metrics import error_rates
 from common.models import Seq2Seq
-from trainer.data import Batch, FeatureCache, FrontEnd, bucketed, collate, started, tokenizer_of
+from trainer.data import (Batch, FeatureCache, FrontEnd, bucketed, collate, started, tokenizer_of,
+                          training_pools, warm_up_featurizer)
 from trainer.recipe import Recipe, recipe_from_dict
 
 FAIL_ENV = "SEQKD_FAIL_AT_STEP"   # fault injection for tests: crash once after this step
@@ -64,11 +65,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     opt_cfg = recipe.optim
     device = ray.train.torch.get_device()
     tokenizer = tokenizer_of(front)
+    if rank == 0:
+        warm_up_featurizer()
 
     train_shard = ray.train.get_dataset_shard("train")
     restored = ray.train.get_checkpoint()
     # a new run's first pass (and the dev set) start streaming while the model is built
-    first_pass = started(_pools(train_shard, opt_cfg.bucket_utts)) if restored is None else None
+    first_pass = started(training_pools(train_shard, opt_cfg.bucket_utts)) if restored is None else None
     dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
         else None
 
@@ -113,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         if not cache.ready:
-            stream, first_pass = first_pass or _pools(train_shard, opt_cfg.bucket_utts), None
+            stream, first_pass = first_pass or training_pools(train_shard, opt_cfg.bucket_utts), None
             # featurising first pays when the cached epoch then trains on more threads than the one
             # the worker has beside the data tasks; else training overlaps the stream
             pools = cache.prefill(stream) if threads > torch.get_num_threads() else cache.record(stream)
@@ -174,11 +177,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     **timing, **counted}, f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
             "best_step": progress.best_step, "stopped_early": progress.stopped_early}
-
-
-def _pools(shard, bucket_utts: int):
-    """One pass over the worker's shard of the training set, `bucket_utts` utterances a pool."""
-    return shard.iter_batches(batch_size=bucket_utts, batch_format="pyarrow", prefetch_batches=2)
 
 
 def _cores_per_worker(local_workers: int) -> int:
