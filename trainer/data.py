@@ -174,8 +174,8 @@ def training_pools(shard, bucket_utts: int) -> Iterator[pa.Table]:
     Each pool is made one contiguous Arrow chunk: Ray Data hands it over as the dozen blocks it
     was cut from, and taking a batch's rows out of 12 chunks took 2.9 ms against 0.23 ms out of
     one, 0.28 s of every cached epoch on the demo (measured), paid again by every later epoch."""
-    return (pool.combine_chunks()
-            for pool in shard.iter_batches(batch_size=bucket_utts, batch_format="pyarrow", prefetch_batches=2))
+    stream = shard.iter_batches(batch_size=bucket_utts, batch_format="pyarrow", prefetch_batches=2)
+    return (pool.combine_chunks() for pool in stream)
 
 
 def warm_up_featurizer() -> None:
@@ -183,9 +183,9 @@ def warm_up_featurizer() -> None:
 
     A training worker's tasks never ran in the idle workers Ray starts with (its runtime
     environment is Ray Train's, not the job's), so the first read waited for a new process to
-    start and import torch. Asked for at the top of the loop, that happens while the worker builds its
-    model and Ray Data plans the read, and the tasks then reuse the process: the first pool came
-    1.2 s sooner on 2 cores (6.0-6.3 s after the loop began, from 7.2-7.5 s; measured).
+    start and import torch. Asked for at the top of the loop, that happens while the worker builds
+    its model and Ray Data plans the read, and the tasks then reuse the process: the first pool
+    came 1.2 s sooner on 2 cores (6.0-6.3 s after the loop began, from 7.2-7.5 s; measured).
     """
     _import_featurizer.remote()
 

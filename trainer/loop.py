@@ -71,7 +71,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     train_shard = ray.train.get_dataset_shard("train")
     restored = ray.train.get_checkpoint()
     # a new run's first pass (and the dev set) start streaming while the model is built
-    first_pass = started(training_pools(train_shard, opt_cfg.bucket_utts)) if restored is None else None
+    first_pass = None if restored is not None else \
+        started(training_pools(train_shard, opt_cfg.bucket_utts))
     dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
         else None
 
@@ -116,7 +117,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         if not cache.ready:
-            stream, first_pass = first_pass or training_pools(train_shard, opt_cfg.bucket_utts), None
+            stream = first_pass or training_pools(train_shard, opt_cfg.bucket_utts)
+            first_pass = None
             # featurising first pays when the cached epoch then trains on more threads than the one
             # the worker has beside the data tasks; else training overlaps the stream
             pools = cache.prefill(stream) if threads > torch.get_num_threads() else cache.record(stream)
