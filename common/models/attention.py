@@ -33,10 +33,12 @@ class LocationAwareAttention(nn.Module):
         -> context (N, D), weights (N, T)."""
         n, t, a = enc_proj.shape
         k = self.loc_conv.kernel_size[0]
-        padded = F.pad(prev, (k // 2, k // 2))                                    # (N, T + K - 1)
-        # each frame's window of the previous alignment, as K shifted slices: exportable (the
-        # TorchScript exporter has no dynamic unfold) and the fastest of the forms measured
-        windows = torch.stack([padded[:, j:j + t] for j in range(k)], dim=-1).view(n * t, k)  # (N*T, K)
+        # each frame's window of the previous alignment, gathered: one kernel each way on any
+        # device (K shifted slices would be 2K in the backward) and exportable (the TorchScript
+        # exporter has no dynamic unfold)
+        starts = torch.arange(t, device=prev.device).unsqueeze(1) + torch.arange(k, device=prev.device)
+        windows = F.pad(prev, (k // 2, k // 2)).gather(1, starts.view(1, t * k).expand(n, t * k))
+        windows = windows.view(n * t, k)                                                  # (N*T, K)
         # loc_proj(loc_conv(prev)) is linear in the windows: one (K, A) matrix, so enc_proj + the
         # location term is one fused addmm. This is the hot loop of decoding and training, and
         # a 1-channel Conv1d's backward cost more than all of it (2 ms a step of 120 rows).
