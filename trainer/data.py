@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -77,6 +77,11 @@ class FrontEnd:
     cmvn_std: tuple[float, ...]
     remove_non_language: bool = True
     max_duration_s: float = 30.0
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "FrontEnd":
+        """The inverse of `dataclasses.asdict`."""
+        return cls(**{**fields, "features": FeatureConfig(**fields["features"])})
 
     def extractor(self) -> FeatureExtractor:
         return FeatureExtractor(self.features, CMVN(torch.tensor(self.cmvn_mean),
@@ -158,14 +163,16 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
 
 def feature_dataset(paths: list[str], front: FrontEnd, pseudo: PseudoLabels | None = None,
                     concurrency: int | None = None):
-    """A streamed Ray Dataset of featurised utterances (with hypotheses, for `pseudo`), in order."""
+    """A streamed Ray Dataset of featurised utterances (with hypotheses, for `pseudo`), in order.
+    Its plan holds `featurize_task` and plain dicts, which unpickle without torch."""
     from common.shard_dataset import read_shards
+    from trainer.featurize_task import featurize_task
 
     columns = ["utt_id", "audio", "text"] + (["hyps"] if pseudo is not None else []) \
         + (["ctc_topm_ids", "ctc_topm_logp"] if pseudo is not None and pseudo.soft else [])
+    kwargs = {"front": asdict(front), "pseudo": None if pseudo is None else asdict(pseudo)}
     return read_shards(paths, columns).map_batches(
-        featurize, fn_kwargs={"front": front, "pseudo": pseudo}, batch_format="pyarrow", batch_size=32,
-        concurrency=concurrency)
+        featurize_task, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, concurrency=concurrency)
 
 
 def training_pools(shard, bucket_utts: int) -> Iterator[pa.Table]:
