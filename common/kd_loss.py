@@ -13,12 +13,12 @@ of decoding every hypothesis as its own row (`share_prefixes=False`, the flat pa
 rounding; with dropout in the decoder, hypotheses share the dropout mask of a shared prefix
 (the same expected gradient). The features are never copied.
 
-The trie pays where the step is compute-bound, as on CPUs (k=5 on the demo labels: 1.61x a
-one-target step vs 2.18x flat, `bench/kd_step.py`). On a GPU these small decoders are bound by
+The trie pays where the step is compute-bound, as on CPUs (k=5 on the demo labels: 1.18-1.32x a
+one-target step vs 2.2-2.5x flat, `bench/kd_step.py`). On a GPU these small decoders are bound by
 kernel launches, not rows, and the trie's per-level gathers are extra launches: on an H200, k=5
 flat rows took 0.083 s a step vs the trie's 0.135 s (student_small, 32 utterances), the teacher
-0.137 vs 0.162 s (128; `bench/cuda_check.py`). So the default shares prefixes on CPU only
-(`share_prefixes=None`).
+0.137 vs 0.162 s (128; `bench/cuda_check.py`, before the fused location term). So the default
+shares prefixes on CPU only (`share_prefixes=None`).
 
 Word-level KD (Hinton et al. 2015; Kim & Rush 2016's word-KD) interpolates the attention
 branch's cross-entropy with, along every hypothesis,
