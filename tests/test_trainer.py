@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from common.bundle import load_bundle
 from common.config import ConfigError
@@ -16,7 +18,7 @@ from seqkd.cli import main
 from trainer.data import frame_budget_batches
 from trainer.loop import FAIL_ENV, lr_factor
 from trainer.recipe import load_recipe
-from trainer.run import RunError, train
+from trainer.run import RunError, train, trainer_class
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -188,6 +190,25 @@ def test_killed_worker_restarts_from_its_checkpoint(reference_run, synth_corpus,
         assert losses[step] == pytest.approx(ref[step], rel=1e-3), step
 
 
+@pytest.mark.slow
+def test_two_workers_train_together_and_a_lone_worker_runs_without_torch_distributed(
+        ray_local, synth_corpus, tmp_path):
+    """Peers get TorchTrainer's process group (the loop's collectives need it: each report sums
+    both workers' utterances, more than one worker's half of the set); a lone CPU worker gets
+    Ray Train's plain trainer, whose controller does not import torch."""
+    data, _ = synth_corpus
+    assert trainer_class(1, use_gpu=False) is DataParallelTrainer
+    assert trainer_class(1, use_gpu=True) is TorchTrainer and trainer_class(2, False) is TorchTrainer
+    path = write_recipe(tmp_path, epochs=1, max_steps=None)
+    recipe = load_recipe(path, {"scaling": {"num_workers": 2, "cpus_per_worker": 0.5}})
+    summary = train(recipe, data / "train", None, tmp_path / "run")
+    reports = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in reports if m["kind"] == "train"]
+    assert [m["step"] for m in steps] == list(range(1, summary["steps"] + 1)) and summary["epochs"] == 1
+    assert 12 < sum(m["utts"] for m in steps) <= 24, steps   # each worker reads 12 of the 24
+    assert load_bundle(tmp_path / "run" / "bundle").meta["steps"] == summary["steps"]
+
+
 def test_resume_without_a_run_and_missing_data_are_clear(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path))
     with pytest.raises(RunError, match="nothing to resume"):
@@ -314,10 +335,11 @@ def test_training_pools_are_one_chunk_each_with_every_row_in_order(ray_local):
     assert [x for p in pools for x in p.column("x").to_pylist()] == list(range(100))
 
 
-def test_feature_dataset_plan_unpickles_without_torch_and_featurises_as_before(ray_local, synth_corpus,
-                                                                              tmp_path):
-    """Ray Train's dataset manager unpickles the plan only to hand out iterators: it must not have
-    to import torch for it (1.5 s of CPU before a run's first batch). The rows are unchanged."""
+def test_what_ray_processes_unpickle_imports_no_torch_and_features_are_unchanged(ray_local, synth_corpus,
+                                                                                tmp_path):
+    """Ray Train's dataset manager unpickles the plan only to hand out iterators, and its controller
+    the run's context (config, callbacks) before it starts the worker: neither may import torch
+    for it (1.5 and 2-3 s of CPU before a run's first batch). The rows are unchanged."""
     import subprocess
     import sys
 
@@ -325,19 +347,24 @@ def test_feature_dataset_plan_unpickles_without_torch_and_featurises_as_before(r
 
     from common.corpora.manifest import read_table, shard_paths
     from trainer.data import PseudoLabels, feature_dataset, featurize
-    from trainer.run import RunPaths, make_front_end
+    from trainer.distill import SequenceKD
+    from trainer.run import RunPaths, make_front_end, make_trainer
 
     data, _ = synth_corpus
     shards = shard_paths(data / "train")
     front = make_front_end(load_recipe("conf/student_small.yaml"), shards, RunPaths(tmp_path))
-    for pseudo in (None, PseudoLabels(k=2, max_wer=0.5)):
-        plan = cloudpickle.dumps(feature_dataset([str(shards[0])], front, pseudo))
+    recipe = load_recipe(write_recipe(tmp_path))
+    run_context = make_trainer(recipe, RunPaths(tmp_path / "run"), front, shards, data / "dev",
+                               PseudoLabels(k=2), SequenceKD(word_kd=0.5)).train_run_context
+    assert run_context.train_loop_config["parts"] is not None and run_context.run_config.callbacks
+    sent = [feature_dataset([str(shards[0])], front, pseudo) for pseudo in (None, PseudoLabels(k=2, max_wer=0.5))]
+    for obj in [*sent, run_context]:
         probe = ("import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
                  "ray.cloudpickle.loads(sys.stdin.buffer.read()); print('torch' in sys.modules)")
         done = subprocess.run([sys.executable, "-c", probe, ray_local.get_runtime_context().gcs_address],
-                              input=plan, capture_output=True, timeout=120)
+                              input=cloudpickle.dumps(obj), capture_output=True, timeout=120)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
-        assert done.stdout.decode().split()[-1] == "False"
+        assert done.stdout.decode().split()[-1] == "False", type(obj)
     streamed = feature_dataset([str(p) for p in shards], front).take_all()
     direct = featurize(read_table(data / "train", ["utt_id", "audio", "text"]), front).to_pylist()
     assert [r["utt_id"] for r in streamed] == [r["utt_id"] for r in direct]

@@ -1,7 +1,7 @@
-"""The per-worker training loop that Ray Train's TorchTrainer runs on every worker.
+"""The per-worker training loop that Ray Train runs on every worker (`trainer.run.trainer_class`).
 
 One loop trains teachers and baselines on ground truth (`GroundTruth`) and students on the
-teacher's N-best (`trainer.distill.SequenceKD`, passed as the config's "objective"). It is
+teacher's N-best (`trainer.distill.SequenceKD`, passed in the config's "parts"). It is
 deterministic for a seed: batches come in manifest order cut into seeded length buckets, and
 the RNG is reseeded every step, so a run resumed from a checkpoint continues the exact loss
 curve of an uninterrupted one.
@@ -60,7 +60,8 @@ def lr_factor(step: int, warmup: int) -> float:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     recipe: Recipe = recipe_from_dict(config["recipe"])
-    front: FrontEnd = config["front"]
+    parts = ray.get(config["parts"])   # see trainer.run.train
+    front: FrontEnd = parts["front"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     opt_cfg = recipe.optim
@@ -105,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         scaler.load_state_dict(train_state["scaler"])
     augment = SpecAugment(recipe.specaugment).to(device)
     augment.train(opt_cfg.specaugment)
-    objective = config.get("objective") or GroundTruth()
+    objective = parts["objective"] or GroundTruth()
 
     fail_at = int(os.environ.get(FAIL_ENV, "0"))
     fail_marker = Path(config["run_dir"], ".fault_injected")
