@@ -76,7 +76,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     train_shard = ray.train.get_dataset_shard("train")
     restored = ray.train.get_checkpoint()
-    # a new run's first pass (and the dev set) start streaming while the model is built
+    # a new run's first pass starts streaming while the model is built
     first_pass = None if restored is not None else \
         started(training_pools(train_shard, opt_cfg.bucket_utts))
     dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
@@ -256,11 +256,17 @@ class _Window:
 
 
 class DevSet:
-    """The dev set, featurised once and kept on the worker: it is small and read every epoch."""
+    """The dev set, featurised once and kept on the worker: it is small and read every epoch.
+
+    It is read whole at the first evaluation. Started with the run (its first batch fetched at
+    once, the rest at the evaluation), its stream stayed open beside the first pass's through the
+    whole first epoch, two Ray Data executions in the worker at once: two-epoch demo runs with dev
+    took 50.7-51.5 s from fit() to their end, against 39.7-43.5 s read at the first evaluation
+    (3 alternated runs each, 2 cores)."""
 
     def __init__(self, shard, front: FrontEnd) -> None:
         self.front = front
-        self.rows = started(shard.iter_batches(batch_size=16, batch_format="pyarrow"))   # streams now
+        self.shard = shard
         self.batches: list[Batch] | None = None
 
     @torch.no_grad()
@@ -272,7 +278,8 @@ class DevSet:
         until the length limit, and a dev WER of such loops would pick the wrong best bundle.
         """
         if self.batches is None:
-            self.batches = [collate(rows, self.front.features.n_mels) for rows in self.rows]
+            self.batches = [collate(rows, self.front.features.n_mels)
+                            for rows in self.shard.iter_batches(batch_size=16, batch_format="pyarrow")]
         model.eval()
         tokenizer = tokenizer_of(self.front)
         refs, hyps, loss_sum, n = [], [], 0.0, 0
