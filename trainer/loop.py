@@ -60,7 +60,7 @@ def lr_factor(step: int, warmup: int) -> float:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     recipe: Recipe = recipe_from_dict(config["recipe"])
-    parts = ray.get(config["parts"])   # see trainer.run.train
+    parts = ray.get(config["parts"])   # see trainer.run.make_trainer
     front: FrontEnd = parts["front"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
