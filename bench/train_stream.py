@@ -37,7 +37,7 @@ from common.models import Seq2Seq
 from trainer.data import bucketed, featurize, tokenizer_of
 from trainer.loop import GroundTruth, lr_factor
 from trainer.recipe import load_recipe
-from trainer.run import RunPaths, make_front_end, poll_workers_often, train
+from trainer.run import RunPaths, make_front_end, poll_workers_often, train, trainer_class
 
 
 def main() -> None:
@@ -158,12 +158,12 @@ def _with_ray(num_cpus: int, work) -> float:
 
 
 def _empty_run(storage: Path) -> None:
-    """A Ray Train run whose loop does no work: what any run pays (controller, worker, exit)."""
+    """A Ray Train run whose loop does no work: what any run pays (controller, worker, exit),
+    under the trainer class `train` picks for the same lone CPU worker."""
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=1),
-                 run_config=RunConfig(name="floor", storage_path=str(storage))).fit()
+    trainer_class(1, False)(_nothing, scaling_config=ScalingConfig(num_workers=1),
+                            run_config=RunConfig(name="floor", storage_path=str(storage))).fit()
 
 
 def _nothing(config: dict) -> None:
