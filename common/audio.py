@@ -59,12 +59,18 @@ DEFAULT_LIMITS = AudioLimits()
 
 
 def load_audio(source: str | Path | bytes, limits: AudioLimits = DEFAULT_LIMITS,
-               sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Decode `source` (a path or the file's bytes) to a (T,) float32 tensor at `sample_rate`."""
+               sample_rate: int = SAMPLE_RATE, container: str | None = None) -> torch.Tensor:
+    """Decode `source` (a path or the file's bytes) to a (T,) float32 tensor at `sample_rate`.
+
+    `container` names FFmpeg's demuxer for raw streams that carry no header to recognise them
+    by (Asterisk's `.g722` prompts: "g722")."""
     data = _read_bytes(source)
     if len(data) == 0:
         raise AudioError("empty audio: the file has 0 bytes")
-    samples, rate = decode(data, limits.max_duration_s)
+    if container:
+        samples, rate = _decode_ffmpeg(data, limits.max_duration_s, container=container)
+    else:
+        samples, rate = decode(data, limits.max_duration_s)
     if samples.size == 0:
         raise AudioError("zero-length audio: the file decodes to 0 samples")
     if not np.isfinite(samples).all():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 NOISE = "<NOISE>"
 # ESPnet's WSJ non-language symbols: kept in the shard's Kaldi text, removed for training
@@ -39,3 +40,44 @@ def kaldi_wsj_normalise(text: str, noise_word: str = NOISE) -> str:
 def remove_non_language(text: str, symbols: tuple[str, ...] = WSJ_NON_LANGUAGE) -> str:
     drop = set(symbols)
     return " ".join(w for w in text.split() if w not in drop)
+
+
+# ------------------------------------------------------------------ spoken-form normaliser
+# One rule set for every corpus seqkd builds (synth, asterisk) and every reference it scores
+# against them: lower case, numbers and symbols as spoken words, no punctuation. `*` and `#`
+# read as a telephone keypad's "star" and "pound" (the Asterisk prompts say them so).
+_SYMBOLS = {"%": " percent ", "&": " and ", "+": " plus ", "@": " at ", "#": " pound ",
+            "*": " star ", "=": " equals "}
+_BRACKETED = re.compile(r"\[[^\]]*\]")                 # [sound descriptions]
+_MONEY = re.compile(r"\$\s?(\d[\d,]*(?:\.\d+)?)")
+_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_DIGIT_LETTER = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")   # 3D -> 3 D
+_NOT_A_WORD = re.compile(r"[^a-z' ]+")
+_LONE_QUOTE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+
+
+def spoken_form(text: str) -> str:
+    """`text` as a recogniser should write it: "Press 1, then #." -> "press one then pound".
+
+    Numbers are read as cardinals the American way (1234 -> "one thousand two hundred thirty
+    four", 28.8 -> "twenty eight point eight"), ordinals as ordinals (3rd -> "third"), "$5" as
+    "five dollars"; letters lose their accents; apostrophes stay inside words (don't, party's).
+    """
+    from num2words import num2words
+
+    def words(number: str, to: str = "cardinal") -> str:
+        value = number.replace(",", "")
+        spoken = num2words(float(value) if "." in value else int(value), lang="en", to=to)
+        return " " + " ".join(w for w in re.split(r"[\s,-]+", spoken) if w != "and") + " "
+
+    text = unicodedata.normalize("NFKD", _BRACKETED.sub(" ", text))
+    text = "".join(c for c in text if not unicodedata.combining(c)).replace("\u2019", "'")
+    text = _MONEY.sub(lambda m: words(m.group(1)) + "dollars ", text)
+    text = _ORDINAL.sub(lambda m: words(m.group(1), "ordinal"), text)
+    text = _DIGIT_LETTER.sub(" ", text)
+    text = _NUMBER.sub(lambda m: words(m.group(0)), text)
+    for symbol, word in _SYMBOLS.items():
+        text = text.replace(symbol, word)
+    text = _LONE_QUOTE.sub(" ", _NOT_A_WORD.sub(" ", text.lower()))
+    return " ".join(text.split())

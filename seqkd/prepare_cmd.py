@@ -12,11 +12,14 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
-    s = sub.add_parser("synth", help="the built-in read-news corpus spoken by espeak-ng")
+    s = sub.add_parser("synth", help="the built-in corpus: general English and read news spoken by "
+                                     "espeak-ng, flite, festival and Piper")
     s.add_argument("--out", required=True, help="output directory (gets train/ dev/ test/)")
     s.add_argument("--train", type=int, default=2000)
     s.add_argument("--dev", type=int, default=200)
     s.add_argument("--test", type=int, default=200)
+    s.add_argument("--test-unseen-engine", type=int, default=100, metavar="N",
+                   help="N test utterances spoken by an engine no training utterance uses (Piper)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-words", type=int, default=None,
                    help="speak windows of 2..N words of each sentence (short utterances)")
@@ -60,6 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_writer_options(js)
     js.set_defaults(run=run_jsonl)
 
+    a = sub.add_parser("asterisk", help="the Asterisk IVR prompts: 563 recordings of a person "
+                                        "(16 kHz G.722, Debian packages), to test on")
+    a.add_argument("--out", required=True, help="output directory (gets OUT/recorded)")
+    a.add_argument("--no-install", action="store_true",
+                   help="do not apt-get install the Debian packages when they are missing")
+    _add_writer_options(a)
+    a.set_defaults(run=run_asterisk)
+
     t = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on a manifest's text")
     t.add_argument("--manifest", required=True, help="manifest directory (e.g. D/train)")
     t.add_argument("--vocab-size", type=int, default=256)
@@ -76,7 +87,8 @@ def run_synth(args: argparse.Namespace) -> int:
     from common.corpora.synth import SynthError, plan
     from common.corpora.writer import write_manifest
 
-    counts = {"train": args.train, "dev": args.dev, "test": args.test, "untranscribed": args.untranscribed}
+    counts = {"train": args.train, "dev": args.dev, "test": args.test,
+              "test_unseen_engine": args.test_unseen_engine, "untranscribed": args.untranscribed}
     try:
         jobs = plan({k: v for k, v in counts.items() if v > 0}, args.seed, max_words=args.max_words)
     except SynthError as exc:
@@ -175,6 +187,37 @@ def _import(name: str, list_sets, args: argparse.Namespace) -> int:
         print(f"seqkd prepare {name}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_asterisk(args: argparse.Namespace) -> int:
+    from common.corpora import asterisk
+
+    if not args.no_install and not (asterisk.TRANSCRIPTS.is_file() and asterisk.SOUNDS.is_dir()):
+        _apt_install(asterisk.PACKAGES.split())
+
+    def list_sets():
+        sources, dropped = asterisk.prompts()
+        print(f"asterisk: {len(sources)} prompts with speech; dropped {dropped['sound_descriptions']} "
+              f"sound descriptions, {dropped['no_audio']} transcripts without audio")
+        return {asterisk.SPLIT: sources}
+
+    return _import("asterisk", list_sets, args)
+
+
+def _apt_install(packages: list[str]) -> None:
+    """Install Debian packages (as root, where apt-get exists); say so in one line if not."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"seqkd prepare: install the Debian packages {' '.join(packages)} (needs root)",
+              file=sys.stderr)
+        return
+    print(f"installing {' '.join(packages)} (apt-get)", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env, capture_output=True)
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:

@@ -103,12 +103,15 @@ def seqkd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+SYNTH_ARGS = ("--train", "24", "--dev", "6", "--test", "6", "--test-unseen-engine", "4", "--seed", "7",
+              "--shard-size", "10")
+
+
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> tuple[Path, str]:
-    """A small built-in corpus (24/6/6 utterances, shards of 10), shared by every test."""
+    """A small built-in corpus (24/6/6/4 utterances, shards of 10), shared by every test."""
     out = tmp_path_factory.mktemp("synth") / "D"
-    done = seqkd("prepare", "synth", "--out", str(out), "--train", "24", "--dev", "6", "--test", "6",
-                 "--seed", "7", "--shard-size", "10", "--stats")
+    done = seqkd("prepare", "synth", "--out", str(out), *SYNTH_ARGS, "--stats")
     assert done.returncode == 0, done.stderr
     return out, done.stdout
 

@@ -1,4 +1,4 @@
-"""`seqkd prepare synth`: real espeak-ng audio in contract-conforming, resumable shards."""
+"""`seqkd prepare synth`: real TTS audio (four engines) in contract-conforming, resumable shards."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import soundfile as sf
 
 from common.corpora.manifest import SCHEMA, iter_rows, shard_paths
 from common.tokenizer import Tokenizer
-from tests.conftest import seqkd
+from tests.conftest import SYNTH_ARGS, seqkd
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_shards_match_the_contract(corpus):
     out, _ = corpus
     speakers = {}
     ids = set()
-    for split, n in [("train", 24), ("dev", 6), ("test", 6)]:
+    for split, n in [("train", 24), ("dev", 6), ("test", 6), ("test_unseen_engine", 4)]:
         paths = shard_paths(out / split)
         assert [p.name for p in paths] == [f"shard-{i:05d}.parquet" for i in range((n + 9) // 10)]
         for p in paths:
@@ -45,6 +45,8 @@ def test_shards_match_the_contract(corpus):
         assert index["utterances"] == n and index["speakers"] == len(speakers[split])
     assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["dev"]
     assert not speakers["dev"] & speakers["test"]
+    engines = {split: {s.split("-s")[0].split("-")[0] for s in spk} for split, spk in speakers.items()}
+    assert engines["test_unseen_engine"] == {"piper"} and "piper" not in engines["train"]
     train_text = {r["text"] for r in iter_rows(out / "train", ["text"])}
     assert any(r["text"] not in train_text for r in iter_rows(out / "test", ["text"]))
 
@@ -52,7 +54,7 @@ def test_shards_match_the_contract(corpus):
 def test_stats_match_index(corpus):
     out, stdout = corpus
     printed = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    assert [p["split"] for p in printed] == ["train", "dev", "test"]
+    assert [p["split"] for p in printed] == ["train", "dev", "test", "test_unseen_engine"]
     for p in printed:
         index = json.loads((out / p["split"] / "index.json").read_text())
         assert {k: v for k, v in p.items() if k in index} == index
@@ -63,8 +65,7 @@ def test_rerun_skips_finished_shards_and_is_deterministic(corpus, tmp_path):
     out, _ = corpus
     before = {p.name: p.read_bytes() for p in shard_paths(out / "train")}
     (out / "train" / "shard-00001.parquet").unlink()
-    again = seqkd("prepare", "synth", "--out", str(out), "--train", "24", "--dev", "6", "--test", "6",
-                  "--seed", "7", "--shard-size", "10")
+    again = seqkd("prepare", "synth", "--out", str(out), *SYNTH_ARGS)
     assert again.returncode == 0, again.stderr
     assert "train: 24 utts" in again.stdout and "2 shards already done" in again.stdout
     after = {p.name: p.read_bytes() for p in shard_paths(out / "train")}

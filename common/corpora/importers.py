@@ -30,12 +30,13 @@ class SourceUtt:
     pipe: bool = False
     start: float = 0.0         # Kaldi segments: seconds into the recording
     end: float | None = None
+    container: str | None = None   # FFmpeg's demuxer for a headerless stream (see load_audio)
 
 
 def load_source(src: SourceUtt) -> Utterance:
     """Decode one source file into a manifest row (runs in a worker process)."""
     try:
-        wave = load_audio(_run_pipe(src) if src.pipe else src.path)
+        wave = load_audio(_run_pipe(src) if src.pipe else src.path, container=src.container)
     except AudioError as exc:
         raise ManifestError(f"utterance {src.utt_id} ({src.path}): {exc}") from None
     if src.start or src.end is not None:

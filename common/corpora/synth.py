@@ -1,87 +1,65 @@
-"""The built-in corpus: read-news sentences spoken by espeak-ng, so seqkd runs with no download.
+"""The built-in corpus: general English and read-news sentences spoken by several TTS engines.
 
-Speakers are espeak-ng voice settings (accent x variant x speed x pitch); train, dev and
-test speakers are disjoint. Each utterance gets mild reverberation and noise, seeded per
-utterance, so the corpus is deterministic for a seed and not trivially clean.
+Speakers are `voices.Voice`s of espeak-ng, flite and festival (engine x voice x rate x pitch);
+train, dev and test speakers are disjoint, and every split hears every training engine.
+`test_unseen_engine` is spoken by Piper's neural voice, an engine and a speaker that no
+training utterance uses. Each utterance gets room reverberation and noise, a fifth of them a
+telephone band, seeded per utterance, so the corpus is deterministic for a seed.
+
+Half the sentences are clauses of the King James Bible (`general_english`, ~12k words), half
+come from the read-news grammar (`news_grammar`, ~1.3k words); both in `spoken_form`.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from collections import defaultdict
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
 
-from common.audio import SAMPLE_RATE, encode_flac, load_audio
+from common.audio import SAMPLE_RATE, encode_flac
+from common.corpora import general_english
 from common.corpora.manifest import Utterance
 from common.corpora.news_grammar import sentence
+from common.corpora.voices import SynthError, Voice, engine_voices, speak
 
-ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
-VARIANTS = ["m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4", "f5"]
-SPEEDS = [145, 165, 185]
-PITCHES = [35, 50, 65]
+# the training engines and the share of each split's utterances they speak
+ENGINE_SHARES = {"espeak-ng": 0.3, "flite": 0.45, "festival": 0.25}
+UNSEEN_ENGINE = "piper"
+UNSEEN_SPLIT = "test_unseen_engine"
 UNTRANSCRIBED = "untranscribed"   # extra training audio whose manifest text is empty
+GENERAL_SHARE = 0.5               # sentences from the KJV; the rest from the news grammar
+HELD_OUT_SHARE = 0.15             # of each engine's speakers, for dev and for test each
+TELEPHONE_SHARE = 0.2             # utterances heard through a telephone band
+
+__all__ = ["SynthError", "UNSEEN_SPLIT", "UNTRANSCRIBED", "plan", "make_utterance", "split_speakers"]
 
 
-class SynthError(RuntimeError):
-    """espeak-ng is missing or failed."""
-
-
-@dataclass(frozen=True)
-class Voice:
-    accent: str
-    variant: str
-    speed: int
-    pitch: int
-
-    @property
-    def speaker(self) -> str:
-        return f"{self.accent}-{self.variant}-s{self.speed}-p{self.pitch}"
-
-
-def voices(seed: int) -> list[Voice]:
-    """Every voice setting, in a seeded order (so speaker splits are deterministic)."""
-    all_voices = [Voice(a, v, s, p) for a in ACCENTS for v in VARIANTS for s in SPEEDS for p in PITCHES]
-    random.Random(seed).shuffle(all_voices)
-    return all_voices
-
-
-def split_speakers(seed: int, counts: dict[str, int]) -> dict[str, list[Voice]]:
-    """Disjoint voice sets per split: 4 utterances per voice, more when voices run short."""
-    pool = voices(seed)
-    per_voice = max(4, math.ceil(sum(counts.values()) / (0.9 * len(pool))))
-    out, start = {}, 0
-    for split, n in counts.items():
-        k = max(2, min(n, math.ceil(n / per_voice)))
-        out[split] = pool[start:start + k]
-        start += k
-    if start > len(pool):
-        raise SynthError(f"asked for {start} speakers; the synthetic corpus has {len(pool)}")
+def split_speakers(seed: int, splits: list[str]) -> dict[str, dict[str, list[Voice]]]:
+    """Disjoint speakers per split, per engine: dev and test each get a share of every training
+    engine's speakers (at least one), train the rest; `test_unseen_engine` gets Piper's."""
+    out: dict[str, dict[str, list[Voice]]] = {s: {} for s in splits}
+    held_out = [s for s in splits if s in ("dev", "test")]
+    for engine in ENGINE_SHARES:
+        pool = engine_voices(engine)
+        random.Random(f"{seed}-{engine}").shuffle(pool)
+        k = max(1, round(HELD_OUT_SHARE * len(pool)))
+        if len(pool) < k * len(held_out) + 1:
+            raise SynthError(f"{engine} has {len(pool)} speakers, too few for train, dev and test")
+        for i, split in enumerate(held_out):
+            out[split][engine] = pool[i * k:(i + 1) * k]
+        if "train" in out:
+            out["train"][engine] = pool[len(held_out) * k:]
+    if UNSEEN_SPLIT in out:
+        out[UNSEEN_SPLIT] = {UNSEEN_ENGINE: engine_voices(UNSEEN_ENGINE)}
     return out
 
 
-def speak(text: str, voice: Voice) -> torch.Tensor:
-    """espeak-ng -> 16 kHz float waveform."""
-    if shutil.which("espeak-ng") is None:
-        raise SynthError("espeak-ng is not installed (`make test` / `make demo` install it)")
-    with tempfile.TemporaryDirectory() as tmp:  # --stdout writes a streaming (sizeless) header
-        path = Path(tmp) / "utt.wav"
-        cmd = ["espeak-ng", "-v", f"{voice.accent}+{voice.variant}", "-s", str(voice.speed),
-               "-p", str(voice.pitch), "-w", str(path), text]
-        done = subprocess.run(cmd, capture_output=True, timeout=60)
-        if done.returncode != 0 or not path.exists():
-            raise SynthError(f"espeak-ng failed for voice {voice.speaker}: {done.stderr.decode()[:200]}")
-        return load_audio(path)
-
-
 def degrade(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Mild room reverberation (RT60 0.1-0.4 s) and noise (SNR 15-30 dB), then peak-normalise."""
+    """Room reverberation (RT60 0.1-0.4 s), for a fifth of utterances a telephone band
+    (300-3,400 Hz), and noise (SNR 15-30 dB), then peak-normalise."""
     x = wave.numpy().astype(np.float64)
     rt60 = rng.uniform(0.1, 0.4)
     n = int(rt60 * SAMPLE_RATE)
@@ -91,12 +69,22 @@ def degrade(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     wet = rng.uniform(0.1, 0.35)
     reverb = _convolve(x, ir / np.abs(ir).sum() * 8)
     y = (1 - wet) * x + wet * reverb
+    if rng.random() < TELEPHONE_SHARE:
+        y = _telephone(y)
     snr_db = rng.uniform(15, 30)
     noise = rng.standard_normal(len(y))
     noise *= np.sqrt(np.mean(y ** 2) / (10 ** (snr_db / 10)) / max(np.mean(noise ** 2), 1e-12))
     y = y + noise
     y *= 0.9 / max(np.abs(y).max(), 1e-9)
     return torch.from_numpy(y.astype(np.float32))
+
+
+
+def _telephone(x: np.ndarray) -> np.ndarray:
+    """A narrow-band channel: through 8 kHz sampling (nothing above 4 kHz) and a 300 Hz high-pass."""
+    wave = torch.from_numpy(x)
+    narrow = AF.resample(AF.resample(wave, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(x)]
+    return AF.highpass_biquad(narrow, SAMPLE_RATE, 300.0).numpy()
 
 
 def _convolve(x: np.ndarray, ir: np.ndarray) -> np.ndarray:
@@ -114,9 +102,13 @@ def make_utterance(split: str, index: int, text: str, voice: Voice, seed: int) -
 
 
 def phrase(rng: random.Random, max_words: int | None = None) -> str:
-    """A sentence, or with `max_words` a window of 2..max_words of its words: short utterances
-    that an attention model learns to align in minutes on a CPU (the demo's corpus)."""
-    text = sentence(rng)
+    """A sentence (of the KJV or the news grammar), or with `max_words` a window of
+    2..max_words of its words: short utterances that an attention model learns to align in
+    minutes on a CPU (the demo's corpus)."""
+    if rng.random() < GENERAL_SHARE:
+        text = rng.choice(general_english.sentences())
+    else:
+        text = sentence(rng)
     words = text.split()
     if max_words is None or len(words) <= max_words:
         return text
@@ -125,9 +117,25 @@ def phrase(rng: random.Random, max_words: int | None = None) -> str:
     return " ".join(words[start:start + n])
 
 
+class _Speakers:
+    """Hands out a split's speakers: an engine by its share, then that engine's next speaker."""
+
+    def __init__(self, by_engine: dict[str, list[Voice]]) -> None:
+        self.by_engine, self.used = by_engine, defaultdict(int)
+        self.engines = list(by_engine)
+        self.weights = [ENGINE_SHARES.get(e, 1.0) for e in self.engines]
+
+    def next(self, rng: random.Random) -> Voice:
+        engine = rng.choices(self.engines, self.weights)[0]
+        voices = self.by_engine[engine]
+        self.used[engine] += 1
+        return voices[(self.used[engine] - 1) % len(voices)]
+
+
 def plan(counts: dict[str, int], seed: int, unseen_test_fraction: float = 0.5,
          max_words: int | None = None) -> list[tuple]:
-    """(split, index, text, voice) for every utterance; part of test's sentences never occur in train.
+    """(split, index, text, voice) for every utterance; part of the test splits' sentences
+    never occur in train.
 
     An `untranscribed` split is more audio of the training speakers, of fresh phrases, whose
     text the manifest leaves empty (what a teacher labels for KD); adding it leaves the other
@@ -135,25 +143,27 @@ def plan(counts: dict[str, int], seed: int, unseen_test_fraction: float = 0.5,
     """
     extra = counts.get(UNTRANSCRIBED, 0)
     counts = {k: v for k, v in counts.items() if k != UNTRANSCRIBED}
-    speakers = split_speakers(seed, counts)
+    speakers = split_speakers(seed, list(counts) + (["train"] if extra else []))
     train_rng = random.Random(seed)
-    train_texts = [phrase(train_rng, max_words) for _ in range(counts.get("train", 0))]
-    jobs = [("train", i, t, speakers["train"][i % len(speakers["train"])])
-            for i, t in enumerate(train_texts)] if "train" in counts else []
+    jobs, train_texts = [], []
+    if "train" in counts:
+        pick = _Speakers(speakers["train"])
+        train_texts = [phrase(train_rng, max_words) for _ in range(counts["train"])]
+        jobs = [("train", i, t, pick.next(train_rng)) for i, t in enumerate(train_texts)]
     seen = set(train_texts)
     for split in [s for s in counts if s != "train"]:
         rng = random.Random(f"{seed}-{split}")
+        pick = _Speakers(speakers[split])
         for i in range(counts[split]):
-            if split == "test" and train_texts and rng.random() > unseen_test_fraction:
+            if split.startswith("test") and train_texts and rng.random() > unseen_test_fraction:
                 text = rng.choice(train_texts)
             else:
                 text = phrase(rng, max_words)
                 while text in seen:
                     text = phrase(rng, max_words)
-            jobs.append((split, i, text, speakers[split][i % len(speakers[split])]))
+            jobs.append((split, i, text, pick.next(rng)))
     if extra:
         rng = random.Random(f"{seed}-{UNTRANSCRIBED}")
-        train_voices = speakers.get("train") or voices(seed)
-        jobs += [(UNTRANSCRIBED, i, phrase(rng, max_words), train_voices[i % len(train_voices)])
-                 for i in range(extra)]
+        pick = _Speakers(speakers["train"])
+        jobs += [(UNTRANSCRIBED, i, phrase(rng, max_words), pick.next(rng)) for i in range(extra)]
     return jobs
