@@ -52,6 +52,8 @@ class DemoSettings:
     pseudo: PseudoLabels = PseudoLabels(k=1)
     kd: SequenceKD = SequenceKD(word_kd=0.5, frame_kd=0.5)
     http_files: int = 3
+    test_unseen_engine: int = 100           # test utterances of an engine no training one uses
+    recorded: bool = True                   # score every model on the Asterisk recordings too
     seed: int = 0
     teacher: str = "teacher"
 
@@ -61,7 +63,7 @@ QUICK = DemoSettings(train=48, dev=8, test=8, teacher_epochs=1, student_epochs=1
                      students=("student_small",), max_steps=4,
                      label=BeamConfig(beam=3, nbest=3, ctc_weight=0.3, topm=4),
                      decode=BeamConfig(beam=2, nbest=1, ctc_weight=0.3), pseudo=PseudoLabels(k=3),
-                     http_files=2)
+                     http_files=2, test_unseen_engine=4, recorded=False)
 
 
 class Demo:
@@ -71,6 +73,7 @@ class Demo:
         self.log_path = self.out / "demo.json"
         self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.exists() else {}
         self.log_lock = threading.Lock()
+        self.warnings: list[str] = []     # repeated in the summary: a result not to trust
 
     @property
     def data(self) -> Path:
@@ -98,7 +101,13 @@ class Demo:
             rows = self.stage_report([teacher, *students], teacher)
         finally:
             ray.shutdown()
-        self.record("total", {"seconds": round(time.perf_counter() - began, 1)})
+        teacher_row = next(r for r in rows if r.role == "teacher")
+        self.warnings += [f"{r.name} ({100 * r.wer:.2f}% WER) beats its teacher ({100 * teacher_row.wer:.2f}%): "
+                          "the teacher is too weak to distil from" for r in rows
+                          if r.role != "teacher" and r.wer < teacher_row.wer]
+        for warning in self.warnings:
+            self.console.print(f"[bold red]WARNING[/]: {warning}")
+        self.record("total", {"seconds": round(time.perf_counter() - began, 1), "warnings": self.warnings})
         self.console.print(f"[bold]demo finished in {time.perf_counter() - began:.0f} s[/]; "
                            f"report in {self.out / 'report'}")
         return rows
@@ -107,18 +116,22 @@ class Demo:
     def stage_data(self) -> None:
         from seqkd.cli import main as cli
 
-        if all((self.data / split / "index.json").exists() for split in ("train", "dev", "test")):
+        splits = ["train", "dev", "test", "test_unseen_engine"] + (["recorded"] if self.s.recorded else [])
+        if all((self.data / split / "index.json").exists() for split in splits):
             self.say("data", "reusing the corpus in", self.data)
             return
         began = time.perf_counter()
         code = cli(["prepare", "synth", "--out", str(self.data), "--train", str(self.s.train),
-                    "--dev", str(self.s.dev), "--test", str(self.s.test), "--seed", str(self.s.seed),
+                    "--dev", str(self.s.dev), "--test", str(self.s.test),
+                    "--test-unseen-engine", str(self.s.test_unseen_engine), "--seed", str(self.s.seed),
                     "--max-words", str(self.s.max_words), "--shard-size", str(max(8, self.s.train // 4))])
+        if not code and self.s.recorded:
+            code = cli(["prepare", "asterisk", "--out", str(self.data)])
         if code:
             raise SystemExit(code)
         self.record("data", {"seconds": round(time.perf_counter() - began, 1),
                              **{s: json.loads((self.data / s / "index.json").read_text())["utterances"]
-                                for s in ("train", "dev", "test")}})
+                                for s in splits}})
 
     def stage_tokenizer(self) -> Path:
         """One tokenizer, from the training transcripts, for the teacher and every student: the
@@ -195,8 +208,12 @@ class Demo:
     def stage_label(self, teacher: Path) -> Path:
         import ray
 
-        from services.labeling import label
+        from services.labeling import label, weak_teacher
 
+        weak = weak_teacher(teacher / "bundle")
+        if weak:
+            self.warnings.append(f"teacher: {weak}")
+            self.console.print(f"[bold red]WARNING[/]: {weak}")
         out = self.out / "labels" / "train"
         cpus = int(ray.cluster_resources().get("CPU", 1))
         summary = label(teacher / "bundle", self.data / "train", out, self.s.label,
@@ -208,13 +225,19 @@ class Demo:
         return out
 
     def stage_report(self, runs: list[Path], teacher: Path) -> list:
-        from trainer.report import build_report, rich_table, write_report
+        from trainer.report import build_report, evaluation, rich_table, write_report
 
         began = time.perf_counter()
         out = self.out / "report"
         rows = build_report([r / "bundle" for r in runs], self.data / "test", self.s.decode, out,
-                            teacher=teacher / "bundle", console=self.console)
-        title = (f"seqkd demo: synthetic read news, {self.s.train} train utts, test "
+                            teacher=teacher / "bundle", console=self.console,
+                            recorded=self.data / "recorded" if self.s.recorded else None)
+        unseen = {r.name: evaluation(Path(r.bundle), self.data / "test_unseen_engine", self.s.decode,
+                                     out / "evals")[0]["wer"] for r in rows}
+        for r in rows:
+            self.say(r.name, f"WER {100 * unseen[r.name]:.2f}% on test_unseen_engine (an engine no "
+                             f"training utterance uses), {100 * r.wer:.2f}% on test")
+        title = (f"seqkd demo: four TTS engines, {self.s.train} train utts, test "
                  f"{self.s.test} utts, beam {self.s.decode.beam}")
         write_report(rows, out, title)
         self.console.print(rich_table(rows, title))
@@ -226,7 +249,7 @@ class Demo:
                     f"[{100 * r.ci95[0]:+.2f}, {100 * r.ci95[1]:+.2f}], p {r.p_value:.4f} "
                     f"(paired bootstrap over {self.s.test} test utterances): KD {verdict}")
         self.record("report", {"seconds": round(time.perf_counter() - began, 1),
-                               "rows": [asdict(r) for r in rows]})
+                               "rows": [asdict(r) for r in rows], "test_unseen_engine_wer": unseen})
         return rows
 
     # ----------------------------------------------------------------------------- helpers

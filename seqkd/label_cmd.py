@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode with the running Serve app APP (default name: teacher)")
     p.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--max-teacher-dev-wer", type=float, default=0.5, metavar="W",
+                   help="warn when the teacher's dev WER (its bundle's meta) is above W")
+    p.add_argument("--refuse-weak-teacher", action="store_true",
+                   help="refuse to label with such a teacher instead of warning")
     p.set_defaults(run=run)
 
 
@@ -57,12 +61,17 @@ def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
-    from services.labeling import LabelError, label
+    from services.labeling import LabelError, label, weak_teacher
 
     bundle = find_bundle(args.bundle) if args.bundle else None
     if (bundle is None) == (args.via_serve is None):
         print("seqkd label: give a teacher BUNDLE or --via-serve, not both or neither", file=sys.stderr)
         return 2
+    weak = bundle and weak_teacher(bundle, args.max_teacher_dev_wer)
+    if weak:
+        print(f"seqkd label: {'' if args.refuse_weak_teacher else 'WARNING: '}{weak}", file=sys.stderr)
+        if args.refuse_weak_teacher:
+            return 2
     try:
         cfg = replace(beam_config(args), topm=args.topm)
         connect(args.address)

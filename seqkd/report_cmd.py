@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", nargs="+", help="model bundles, run directories or exported directories "
                                               "(teacher and students)")
     p.add_argument("--test", required=True, help="manifest directory every model is scored on")
+    p.add_argument("--recorded", help="a manifest of recordings of people (`seqkd prepare asterisk`): "
+                                      "a second pair of WER/CER columns")
     p.add_argument("--teacher", help="the teacher's bundle (default: the one the KD students name, "
                                      "else the largest)")
     p.add_argument("--out", default="report", help="writes report.md, report.json, report.png here")
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = wide_console(stderr=True)
     try:
-        rows = build_report(args.bundles, args.test, beam_config(args), args.out, args.teacher, console)
+        rows = build_report(args.bundles, args.test, beam_config(args), args.out, args.teacher, console,
+                            recorded=args.recorded)
     except (ConfigError, ManifestError, ReportError, ValueError) as exc:
         print(f"seqkd report: {exc}", file=sys.stderr)
         return 2

@@ -317,6 +317,23 @@ def actor_request(num_gpus: float, resources: dict[str, float] | None) -> dict[s
     return {"CPU": 1.0, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
 
 
+MAX_TEACHER_DEV_WER = 0.5
+
+
+def weak_teacher(bundle: str | Path, max_dev_wer: float = MAX_TEACHER_DEV_WER) -> str | None:
+    """One line when the teacher's best dev WER (its bundle's meta) is above `max_dev_wer`.
+
+    A teacher whose attention never aligned still emits fluent text; distilled, it teaches its
+    student to be wrong (measured: +33.3 WER points against the GT twin) while every stage
+    finishes. Nothing else in labeling can tell, so the check reads what training measured."""
+    meta = json.loads((Path(bundle) / "meta.json").read_text())
+    dev_wer = meta.get("dev_wer", meta.get("best_dev_wer"))
+    if dev_wer is None or dev_wer <= max_dev_wer:
+        return None
+    return (f"the teacher scored {100 * dev_wer:.1f}% WER on its dev set (over {100 * max_dev_wer:.0f}%): "
+            f"its labels will teach its errors; train it longer or check its data")
+
+
 def warn_if_unsatisfiable(request: dict[str, float], pool: tuple[int, int]) -> None:
     """Ray queues an actor or task that no node can hold rather than failing it, so a pool that
     cannot be filled would wait without a word. Warn (not refuse: nodes can join, by the

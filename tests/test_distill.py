@@ -148,7 +148,9 @@ def test_kd_targets_mix_in_the_transcript_and_pick_the_ctc_target():
 def test_report_table_roles_compression_and_cache(kd_run, tiny_bundle, synth_corpus, tmp_path):
     student = kd_run[0]
     cfg = BeamConfig(beam=2)
-    rows = build_report([tiny_bundle[0], student], synth_corpus[0] / "test", cfg, tmp_path)
+    recorded = synth_corpus[0] / "test_unseen_engine"      # stands in for recordings of people
+    rows = build_report([tiny_bundle[0], student], synth_corpus[0] / "test", cfg, tmp_path,
+                        recorded=recorded)
     by_role = {r.role: r for r in rows}
     assert set(by_role) == {"teacher", "kd"}       # the teacher is the one the KD student names
     teacher, kd = by_role["teacher"], by_role["kd"]
@@ -156,8 +158,11 @@ def test_report_table_roles_compression_and_cache(kd_run, tiny_bundle, synth_cor
     assert kd.compression == pytest.approx(teacher.params / kd.params)
     assert kd.targets.startswith("KD k=3") and teacher.targets == "GT"
     assert kd.rel_wer == pytest.approx((kd.wer - teacher.wer) / teacher.wer)
-    result = json.loads(next((tmp_path / "evals").glob("student_kd-*/result.json")).read_text())
+    evals = {r["utterances"]: r for r in (json.loads(p.read_text())
+                                          for p in (tmp_path / "evals").glob("student_kd-*/result.json"))}
+    result, heard = evals[6], evals[4]                      # test: 6 utterances, recorded: 4
     assert result["wer"] == kd.wer and result["params"] == kd.params
+    assert (kd.recorded_wer, kd.recorded_cer) == (heard["wer"], heard["cer"])
 
     write_report(rows, tmp_path, "test")
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -165,10 +170,13 @@ def test_report_table_roles_compression_and_cache(kd_run, tiny_bundle, synth_cor
     assert {"name", "role", "params", "compression", "wer", "cer"} <= saved[0].keys()
     md = (tmp_path / "report.md").read_text()
     assert f"{kd.params:,}" in md and f"{100 * kd.wer:.2f}" in md
+    assert "| recorded WER % | recorded CER % |" in md and f"| {100 * kd.recorded_cer:.2f} |" in md
+    assert saved[0]["recorded_wer"] is not None
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "evals").glob("*/result.json")}
-    again = build_report([tiny_bundle[0], student], synth_corpus[0] / "test", cfg, tmp_path)
+    again = build_report([tiny_bundle[0], student], synth_corpus[0] / "test", cfg, tmp_path,
+                         recorded=recorded)
     assert again == rows and stamps == {p: p.stat().st_mtime_ns for p in stamps}   # cached, not re-decoded
 
 

@@ -163,3 +163,20 @@ def test_pool_sizes_and_requests_nothing_can_hold(ray_local, caplog, monkeypatch
         "leave none to read the shards",
         "this cluster can ever hold 1 of the 2 labeling actors asked for",
         "no node of this cluster can hold a labeling actor"]
+
+
+def test_a_weak_teacher_is_named_in_one_line(tiny_bundle, tmp_path):
+    """The check reads the dev WER training left in the bundle's meta."""
+    import json
+    import shutil
+
+    from services.labeling import weak_teacher
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle[0], bundle)
+    meta = json.loads((bundle / "meta.json").read_text())
+    for dev_wer, expect in [(0.2, None), (0.5, None), (0.93, "93.0% WER on its dev set (over 50%)")]:
+        (bundle / "meta.json").write_text(json.dumps({**meta, "dev_wer": dev_wer}))
+        said = weak_teacher(bundle)
+        assert said == expect if expect is None else (expect in said and "\n" not in said)
+    assert weak_teacher(bundle, max_dev_wer=0.95) is None

@@ -57,6 +57,8 @@ class Row:
     p_value: float | None = None
     form: str = "pytorch fp32"                         # or "onnx fp32", "onnx int8" (seqkd export)
     size_mb: float | None = None                       # the bundle or exported directory on disk
+    recorded_wer: float | None = None                  # on recordings of people (--recorded)
+    recorded_cer: float | None = None
 
 
 def targets_label(meta: dict) -> str:
@@ -99,7 +101,11 @@ def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[
 
 
 def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out: str | Path,
-                 teacher: str | Path | None = None, console: Console | None = None) -> list[Row]:
+                 teacher: str | Path | None = None, console: Console | None = None,
+                 recorded: str | Path | None = None) -> list[Row]:
+    """Every bundle scored on `test` and, when given, on `recorded` (recordings of people, e.g.
+    `seqkd prepare asterisk`): the second pair of columns says whether a model reads speech or
+    only the voices it was trained on."""
     bundles = [find_bundle(p) for p in paths]
     if teacher is not None and find_bundle(teacher) not in bundles:
         bundles.insert(0, find_bundle(teacher))
@@ -120,6 +126,11 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
             console.print(f"evaluated {model_name(b)}: WER {100 * results[b]['wer']:.2f}% "
                           f"CER {100 * results[b]['cer']:.2f}% RTF {results[b]['rtf']:.4f} "
                           f"({results[b]['utterances']} utts)")
+    on_recorded = {b: evaluation(b, Path(recorded), cfg, cache)[0] for b in bundles} if recorded else {}
+    if console and on_recorded:
+        for b, r in on_recorded.items():
+            console.print(f"evaluated {model_name(b)} on recorded speech: WER {100 * r['wer']:.2f}% "
+                          f"CER {100 * r['cer']:.2f}% ({r['utterances']} utts)")
     top = results[teacher_bundle]
     rows = []
     for b in bundles:
@@ -132,7 +143,9 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
                         rtf=r["rtf"], bundle=str(b), recipe=meta.get("recipe", ""),
                         steps=meta.get("steps"), train_s=meta.get("train_seconds"),
                         wer_ci95=bootstrap_wer(list(errors), list(words)).ci95, form=model_form(meta),
-                        size_mb=round(disk_bytes(b) / 1e6, 3)))
+                        size_mb=round(disk_bytes(b) / 1e6, 3),
+                        recorded_wer=on_recorded[b]["wer"] if on_recorded else None,
+                        recorded_cer=on_recorded[b]["cer"] if on_recorded else None))
     by_name = {row.name: b for row, b in zip(rows, bundles)}
     for row in rows:
         twin = gt_twin(row, rows)
@@ -195,6 +208,11 @@ def table_lines(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
              "" if r.role == "teacher" else _pct(r.rel_wer, signed=True), _diff(r), _p(r.p_value),
              "" if r.steps is None else f"{r.steps:,}", "" if r.train_s is None else f"{r.train_s:.0f}",
              f"{r.rtf:.4f}"] for r in rows]
+    if any(r.recorded_wer is not None for r in rows):   # beside the test split's WER and CER
+        at = head.index("CER %") + 1
+        head[at:at] = ["recorded WER %", "recorded CER %"]
+        for line, r in zip(body, rows):
+            line[at:at] = [_pct(r.recorded_wer), _pct(r.recorded_cer)]
     return head, body
 
 
@@ -247,6 +265,10 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
                     capsize=3, label=label, zorder=3)
         for x, y, r in zip(xs, ys, picked):
             ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        heard = [(x, 100 * r.recorded_wer) for x, r in zip(xs, picked) if r.recorded_wer is not None]
+        if heard:
+            ax.scatter(*zip(*heard), marker=marker, facecolors="none", edgecolors=color, s=60,
+                       label=f"{label}, recorded speech", zorder=3)
     ax.set_xscale("log")
     sizes = [r.params for r in rows]
     ax.set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)   # room for the labels, ticks on both sides
@@ -254,7 +276,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(_params_label))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
     ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("test WER (%), 95% bootstrap interval")
+    ax.set_ylabel("WER (%): test (filled, 95% bootstrap interval), recorded (open)"
+                  if any(r.recorded_wer is not None for r in rows) else "test WER (%), 95% bootstrap interval")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
