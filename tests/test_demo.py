@@ -46,6 +46,11 @@ def test_quick_demo_reports_teacher_gt_and_kd_students(quick_demo):
     stages = json.loads((out / "demo.json").read_text())
     assert {"data", "teacher", "serve", "label", "report", "total"} <= stages.keys()
     assert stages["label"]["utterances"] == 48
+    assert stages["data"]["test_unseen_engine"] == 4
+    assert sorted(stages["report"]["test_unseen_engine_wer"]) == sorted(r["name"] for r in rows)
+    # four optimizer steps teach nothing: the demo must say its teacher is not one to trust
+    assert any("WER on its dev set" in w for w in stages["total"]["warnings"])
+    assert "WARNING" in done.stdout
     assert "files over HTTP" in stages["serve"]["summary"]
     assert "POST" in done.stdout   # the HTTP transcripts are shown
 
