@@ -212,10 +212,17 @@ class RayLog:
         return swapped
 
     def _worker_lines(self, data: dict[str, Any], ignore_prefix: bool) -> None:
+        """Worker lines go to the file. Progress-bar updates from workers (Ray Data inside a Train
+        worker, say) are dropped: Ray renders them as live bars on the driver's terminal, and a
+        bar's state in a log file is noise."""
         from ray._private.worker import print_worker_logs
+        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
+        lines = [line for line in data.get("lines", []) if RAY_TQDM_MAGIC not in line]
+        if not lines:
+            return
         text = io.StringIO()
-        print_worker_logs(data, text, ignore_prefix)
+        print_worker_logs({**data, "lines": lines}, text, ignore_prefix)
         self.file.write(ANSI.sub("", text.getvalue()))
 
     def _warning(self, message, category, filename, lineno, file=None, line=None) -> None:

@@ -20,7 +20,7 @@ from tests.test_trainer import write_recipe
 # What Ray says in a driver: its actors' and workers' lines, its log format, its internals by name.
 RAY_INTERNALS = re.compile(
     r"TrainController|PlacementGroupCleaner|RayTrainWorker|SplitCoordinator|core_worker|logging_progress"
-    r"|TrainingReport|Started a local Ray instance|\(\w[^()\s]* pid=\d+"
+    r"|TrainingReport|Started a local Ray instance|\(\w[^()\s]* pid=\d+|\(pid=\d+\)"
     r"|\d\d:\d\d:\d\d,\d{3}\s+(DEBUG|INFO|WARNING|ERROR) \S+\.py:\d+ --")
 
 
