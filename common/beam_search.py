@@ -87,9 +87,12 @@ def ctc_candidate_count(cfg: BeamConfig, vocab: int) -> int:
 
 
 @torch.no_grad()
-def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
-                cfg: BeamConfig) -> list[list[Hypothesis]]:
-    """enc (B, T, D), enc_lens (B,) -> per utterance, the N-best hypotheses, best first."""
+def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfig,
+                ctc_scorer: type[CTCPrefixScorer] = CTCPrefixScorer) -> list[list[Hypothesis]]:
+    """enc (B, T, D), enc_lens (B,) -> per utterance, the N-best hypotheses, best first.
+
+    `ctc_scorer`: another implementation of the prefix scorer (the reference one, in tests and
+    benchmarks)."""
     cfg.validate()
     batch, k, vocab = enc.shape[0], cfg.beam, model.vocab_size
     device = enc.device
@@ -112,7 +115,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
     use_ctc = cfg.ctc_weight > 0
     if use_ctc:
         ctc_logp = model.ctc_log_probs(enc).index_select(0, rows)
-        scorer = CTCPrefixScorer(ctc_logp, enc_lens.index_select(0, rows))
+        scorer = ctc_scorer(ctc_logp, enc_lens.index_select(0, rows))
         ctc_state = scorer.initial_state()
         n_cand = ctc_candidate_count(cfg, vocab)
 
@@ -127,7 +130,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
         att[:, BLANK_ID] = NEG_INF
         if use_ctc:
             cand = pick_ctc_candidates(att, n_cand)                      # (N, C)
-            delta, r_new, psi = scorer.score(ctc_state, cand)
+            delta, extension = scorer.score(ctc_state, cand)
             joint = torch.full_like(att, NEG_INF)
             joint.scatter_(1, cand, (1 - cfg.ctc_weight) * att.gather(1, cand) + cfg.ctc_weight * delta)
         else:
@@ -158,7 +161,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor,
         last = new_tok
         if use_ctc:
             col = _candidate_column(cand, new_rows, new_tok)
-            ctc_state = CTCPrefixScorer.select(r_new, psi, new_rows, col, new_tok, step + 1)
+            ctc_state = scorer.select(extension, new_rows, col, new_tok, step + 1)
         step += 1
 
         for u in active.tolist():

@@ -14,6 +14,7 @@ import torch
 
 from common.beam_search import (BeamConfig, Hypothesis, ctc_candidate_count, max_lengths, nbest,
                                 normalised)
+from common.ctc_prefix import CTCPrefixScorer, CTCState, Extension
 from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
 
 NEG_INF = float("-inf")
@@ -108,3 +109,21 @@ def _joint_scores(att: list[float], tokens: list[int], psi: float, ctc_logp, cfg
                    else ctc_prefix_scores(ctc_logp, tokens + [v])[0])
         out[v] = ((1 - cfg.ctc_weight) * att[v] + cfg.ctc_weight * (new_psi - psi), new_psi)
     return out
+
+
+class LoopCTCPrefixScorer(CTCPrefixScorer):
+    """The batched scorer with the forward variables computed frame by frame, as written in
+    Watanabe et al. (2017): the plain way that `forward_variables`' closed form must match, and
+    what the benchmarks compare it with."""
+
+    def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
+               length: int) -> CTCState:
+        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]      # (T, K)
+        blank = self.x[:, :, BLANK_ID].index_select(1, rows)        # (T, K)
+        r = xs.new_full((xs.shape[0], 2, xs.shape[1]), NEG_INF)
+        if ext.first:
+            r[0, 0] = xs[0]
+        for t in range(ext.start, xs.shape[0]):
+            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi[t - 1]) + xs[t]
+            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + blank[t]
+        return CTCState(r=r, psi=ext.psi[rows, cols], last=tokens, length=length)

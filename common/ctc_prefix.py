@@ -26,6 +26,16 @@ class CTCState:
     length: int          # prefix length, the same for every row at a given step
 
 
+@dataclass
+class Extension:
+    """What `score` computed for every candidate, kept for the few that `select` extends."""
+    xs: torch.Tensor     # (T, N, C): log p(candidate) per frame
+    phi: torch.Tensor    # (T, N, C): log prob. of the parent's prefix being complete at each frame
+    psi: torch.Tensor    # (N, C): log prefix probability of each extended prefix
+    start: int           # the first frame the extended prefix's recursion computes
+    first: bool          # the parent is the empty prefix: the token may be frame 0's label
+
+
 class CTCPrefixScorer:
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor) -> None:
         """log_probs (N, T, V) per row, lens (N,) valid frames."""
@@ -42,42 +52,42 @@ class CTCPrefixScorer:
         return CTCState(r=r, psi=self.x.new_zeros(n),
                         last=torch.full((n,), -1, dtype=torch.long, device=self.x.device), length=0)
 
-    def score(self, state: CTCState, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """cand (N, C) token ids -> (delta (N, C) = psi(g+c) - psi(g), r_new (T, 2, N, C), psi (N, C))."""
+    def score(self, state: CTCState, cand: torch.Tensor) -> tuple[torch.Tensor, Extension]:
+        """cand (N, C) token ids -> (delta (N, C) = psi(g+c) - psi(g), the extension for `select`).
+
+        psi(g+c) needs only the parent's forward variables: sum over t of phi(t-1) x_c(t), one
+        `logsumexp` over frames. The extended prefix's own variables are computed by `select`,
+        for the rows the search keeps."""
         t_max = self.x.shape[0]
         xs = torch.gather(self.x, 2, cand.unsqueeze(0).expand(t_max, -1, -1))  # (T, N, C)
         r_sum = torch.logaddexp(state.r[:, 0], state.r[:, 1])  # (T, N)
         repeat = (cand == state.last.unsqueeze(1)).unsqueeze(0)  # (1, N, C)
         phi = torch.where(repeat, state.r[:, 1].unsqueeze(-1), r_sum.unsqueeze(-1))  # (T, N, C)
-        r_new = xs.new_full((t_max, 2) + cand.shape, NEG_INF)
         start = max(1, state.length)
-        if state.length == 0:
-            r_new[0, 0] = xs[0]
-        blank = self.x[:, :, BLANK_ID].unsqueeze(-1)  # (T, N, 1)
-        for t in range(start, t_max):
-            r_new[t, 0] = torch.logaddexp(r_new[t - 1, 0], phi[t - 1]) + xs[t]
-            r_new[t, 1] = torch.logaddexp(r_new[t - 1, 0], r_new[t - 1, 1]) + blank[t]
         terms = phi[start - 1: t_max - 1] + xs[start:]
-        if state.length == 0:
-            terms = torch.cat([r_new[0, 0].unsqueeze(0), terms], dim=0)
+        if state.length == 0:   # the token can be the first frame's label
+            terms = torch.cat([xs[:1], terms], dim=0)
         psi = torch.logsumexp(terms, dim=0) if terms.shape[0] else xs.new_full(cand.shape, NEG_INF)
         psi = torch.where(cand == EOS_ID, r_sum[-1].unsqueeze(-1), psi)
-        return psi - state.psi.unsqueeze(1), r_new, psi
+        return psi - state.psi.unsqueeze(1), Extension(xs=xs, phi=phi, psi=psi, start=start,
+                                                       first=state.length == 0)
 
-    @staticmethod
-    def select(r_new: torch.Tensor, psi: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-               tokens: torch.Tensor, length: int) -> CTCState:
+    def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
+               length: int) -> CTCState:
         """The state of the chosen (row, candidate column) pairs, one per new row."""
-        return CTCState(r=r_new[:, :, rows, cols], psi=psi[rows, cols], last=tokens, length=length)
+        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]      # (T, K)
+        blank = self.x[:, :, BLANK_ID].index_select(1, rows)        # (T, K)
+        r = forward_variables(xs, phi, blank, ext.start, ext.first)
+        return CTCState(r=r, psi=ext.psi[rows, cols], last=tokens, length=length)
 
     def trim_time(self, state: CTCState, frames: int) -> tuple["CTCPrefixScorer", CTCState]:
         """Keep the first `frames` frames: enough for every remaining row, so scores are unchanged."""
-        out = CTCPrefixScorer.__new__(CTCPrefixScorer)
+        out = type(self).__new__(type(self))
         out.x = self.x[:frames]
         return out, CTCState(r=state.r[:frames], psi=state.psi, last=state.last, length=state.length)
 
     def select_rows(self, rows: torch.Tensor) -> "CTCPrefixScorer":
-        out = CTCPrefixScorer.__new__(CTCPrefixScorer)
+        out = type(self).__new__(type(self))
         out.x = self.x.index_select(1, rows)
         return out
 
@@ -85,3 +95,41 @@ class CTCPrefixScorer:
 def select_state(state: CTCState, rows: torch.Tensor) -> CTCState:
     return CTCState(r=state.r.index_select(2, rows), psi=state.psi.index_select(0, rows),
                     last=state.last.index_select(0, rows), length=state.length)
+
+
+# Past a row's end every non-blank frame is -inf; the closed form below needs finite sums, so
+# such frames count as this (float64: digits stay exact beside it), and are -inf again after.
+_FLOOR = -1e5
+
+
+def forward_variables(xs: torch.Tensor, phi: torch.Tensor, blank: torch.Tensor, start: int,
+                      first: bool) -> torch.Tensor:
+    """The forward variables of prefixes g+c, (T, K) each -> r (T, 2, K), without a loop over frames.
+
+    The recursion (Watanabe et al., 2017, Algorithm 2), for t >= start:
+        r_n(t) = x_c(t) + logaddexp(r_n(t-1), phi(t-1))
+        r_b(t) = x_blank(t) + logaddexp(r_n(t-1), r_b(t-1))
+    is linear in the log semiring. With A(t) = x_c(start) + ... + x_c(t) (A(start-1) = 0),
+        r_n(t) = A(t) + logcumsumexp over s <= t of z(s),
+        z(start-1) = r_n(start-1),  z(s) = phi(s-1) - A(s-1),
+    and r_b likewise with the blank's sums and r_n for phi. Two cumulative sums and two
+    `logcumsumexp`s, in float64 (A runs to thousands, and float32 would lose the digits that the
+    differences keep). Frames before `start` stay -inf (a prefix of L tokens needs L frames);
+    `first` (a one-token prefix) lets the token be frame 0's label.
+    """
+    t_max, k = xs.shape
+    r = xs.new_full((t_max, 2, k), NEG_INF)
+    if start > t_max:
+        return r
+    x = xs.double()
+    init = x[start - 1] if first else x.new_full((k,), NEG_INF)   # r_n(start - 1)
+    a = torch.cat([x.new_zeros(1, k), torch.cumsum(x[start:].clamp_min(_FLOOR), dim=0)])   # (T-start+1, K)
+    z = torch.cat([init.unsqueeze(0), phi[start - 1: t_max - 1].double() - a[:-1]])
+    r_n = a + torch.logcumsumexp(z, dim=0)                          # frames start-1 .. T-1
+    r_n = r_n.masked_fill(torch.isneginf(x[start - 1:]), NEG_INF)
+    b = torch.cat([x.new_zeros(1, k), torch.cumsum(blank[start:].double(), dim=0)])
+    z_b = torch.cat([x.new_full((1, k), NEG_INF), r_n[:-1] - b[:-1]])
+    r_b = b + torch.logcumsumexp(z_b, dim=0)
+    r[start - 1:, 0], r[start - 1:, 1] = r_n.to(xs.dtype), r_b.to(xs.dtype)
+    return r
+

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common.beam_search import BeamConfig, beam_search
-from common.beam_search_reference import ctc_prefix_scores, reference_beam_search
+from common.beam_search_reference import LoopCTCPrefixScorer, ctc_prefix_scores, reference_beam_search
 from common.ctc_prefix import CTCPrefixScorer
 from common.tokenizer import EOS_ID
 from tests.conftest import FAMILIES, tiny_model
@@ -82,10 +82,10 @@ def test_ctc_prefix_probabilities_are_consistent():
     for prefix in ([], [3], [3, 3], [4, 5]):
         st = state
         for length, tok in enumerate(prefix, start=1):
-            _, r_new, psi = scorer.score(st, cand)
+            _, ext = scorer.score(st, cand)
             col = torch.tensor([tok - 1])
-            st = CTCPrefixScorer.select(r_new, psi, torch.tensor([0]), col, torch.tensor([tok]), length)
-        _, _, psi = scorer.score(st, cand)
+            st = scorer.select(ext, torch.tensor([0]), col, torch.tensor([tok]), length)
+        psi = scorer.score(st, cand)[1].psi
         rows = logp[0].tolist()
         ext = [c for c in range(1, 7) if c != EOS_ID]
         total = torch.logsumexp(torch.tensor([psi[0, EOS_ID - 1].item()]
@@ -94,6 +94,59 @@ def test_ctc_prefix_probabilities_are_consistent():
         for c in ext:
             assert math.isclose(psi[0, c - 1].item(), ctc_prefix_scores(rows, prefix + [c])[0],
                                 abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("frames, peaky", [(40, False), (800, True)])
+def test_closed_form_forward_variables_equal_the_frame_loop(frames, peaky):
+    """Every candidate's score of every row, padded or not, at every step, and the kept rows'
+    forward variables: the closed form (float64 cumulative sums) against the frame-by-frame loop.
+    800 peaky frames: sums of thousands, where float32 arithmetic would lose the digits."""
+    torch.manual_seed(frames)
+    rows, vocab, cands = 6, 9, 5
+    logits = torch.randn(rows, frames, vocab) * (6.0 if peaky else 1.0)
+    logits[..., 0] += 3.0 if peaky else 0.0      # trained CTC heads mostly say blank
+    logits[..., EOS_ID] = -1e4
+    lens = torch.tensor([frames, frames // 3, frames - 7, 1, frames // 2, 3])
+    logp = torch.log_softmax(logits, dim=-1)
+    ours, loop = CTCPrefixScorer(logp, lens), LoopCTCPrefixScorer(logp, lens)
+    st_ours, st_loop = ours.initial_state(), loop.initial_state()
+    gen = torch.Generator().manual_seed(1)
+    for step in range(12):
+        cand = torch.stack([torch.randperm(vocab - 1, generator=gen)[:cands] + 1 for _ in range(rows)])
+        d_ours, ext_ours = ours.score(st_ours, cand)
+        d_loop, ext_loop = loop.score(st_loop, cand)
+        assert torch.equal(torch.isinf(d_ours), torch.isinf(d_loop)), step
+        finite = torch.isfinite(d_loop)
+        assert _close(d_ours[finite], d_loop[finite]), step
+        kept = torch.randint(0, rows, (rows,), generator=gen)        # rows may be kept twice or not at all
+        col = torch.randint(0, cands, (rows,), generator=gen)
+        col = torch.where(cand[kept, col] == EOS_ID, (col + 1) % cands, col)
+        tok = cand[kept, col]
+        st_ours = ours.select(ext_ours, kept, col, tok, step + 1)
+        st_loop = loop.select(ext_loop, kept, col, tok, step + 1)
+        assert torch.equal(torch.isneginf(st_ours.r), torch.isneginf(st_loop.r)), step
+        fin = torch.isfinite(st_loop.r)
+        assert _close(st_ours.r[fin], st_loop.r[fin]), step
+
+
+def _close(ours: torch.Tensor, loop: torch.Tensor) -> bool:
+    """Within 1e-4, or a few float32 ulps of values in the thousands (where the loop's own
+    float32 sums round by more than 1e-4)."""
+    return bool(torch.all((ours - loop).abs() <= 1e-4 + 1e-6 * loop.abs()))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_search_with_the_closed_form_gives_the_loops_nbest(family):
+    model = tiny_model(family)
+    with torch.no_grad():
+        model.ctc.bias[0] += 2.0
+    enc, enc_lens = _encode(model, seed=4)
+    cfg = BeamConfig(beam=5, nbest=5, ctc_weight=0.5, max_len_ratio=0.5)
+    ours = beam_search(model, enc, enc_lens, cfg)
+    loop = beam_search(model, enc, enc_lens, cfg, ctc_scorer=LoopCTCPrefixScorer)
+    for got, want in zip(ours, loop):
+        assert [h.tokens for h in got] == [h.tokens for h in want]
+        assert all(math.isclose(g.score, w.score, abs_tol=1e-4) for g, w in zip(got, want))
 
 
 def test_invalid_beam_settings():
