@@ -12,7 +12,8 @@ import torch
 from common.corpora import asterisk
 from common.corpora.general_english import sentences
 from common.corpora.manifest import ManifestError, iter_rows
-from common.corpora.synth import ENGINE_SHARES, UNSEEN_ENGINE, UNSEEN_SPLIT, UNTRANSCRIBED, plan
+from common.corpora.synth import (ENGINE_SHARES, HELD_OUT_VOICES, UNSEEN_ENGINE, UNSEEN_SPLIT, UNTRANSCRIBED,
+                                  plan)
 from common.corpora.voices import ENGINES, SynthError, Voice, engine_voices, speak
 from common.text import spoken_form
 from tests.conftest import seqkd
@@ -48,8 +49,10 @@ def test_speakers_are_disjoint_and_the_unseen_engine_is_unseen():
         for b in ("train", "dev", "test", UNSEEN_SPLIT):
             assert a == b or not speakers[a] & speakers[b], (a, b)
     assert speakers[UNTRANSCRIBED] <= speakers["train"]
-    for split in ("train", "dev", "test"):
-        assert engines[split] == set(ENGINE_SHARES)        # every split hears every training engine
+    assert engines["train"] == set(ENGINE_SHARES)          # train hears every training engine
+    for split in ("dev", "test"):                          # the held-out splits, people's voices
+        assert {(j[3].engine, j[3].name) for j in jobs if j[0] == split} == {
+            (e, name) for e, names in HELD_OUT_VOICES.items() for name in names}
     assert engines[UNSEEN_SPLIT] == {UNSEEN_ENGINE} and UNSEEN_ENGINE not in engines["train"]
     assert all(1 <= len(j[2].split()) <= 6 and j[2] == spoken_form(j[2]) for j in jobs)
 
