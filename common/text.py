@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -81,3 +82,33 @@ def spoken_form(text: str) -> str:
         text = text.replace(symbol, word)
     text = _LONE_QUOTE.sub(" ", _NOT_A_WORD.sub(" ", text.lower()))
     return " ".join(text.split())
+
+
+# ------------------------------------------------------------------ a recogniser's written text
+_PARENTHESISED = re.compile(r"\([^)]*\)")              # Whisper's "(upbeat music)", "(laughs)"
+
+
+def asr_spoken_form(text: str) -> str:
+    """A recogniser's written output (Whisper's) in seqkd's spoken form, for its labels and WER.
+
+    `spoken_form` plus three rules of the Open ASR Leaderboard's normaliser (the
+    `whisper-normalizer` package's EnglishTextNormalizer): `(parenthesised)` sound descriptions
+    are dropped like `[bracketed]` ones, its filler words (hmm, mm, mhm, mmm, uh, um) are dropped,
+    and British spellings become American (its list of 1,739: colour -> color, honour -> honor).
+
+    Its other rules are left out, because they break the corpus's conventions: it expands
+    contractions (don't -> do not, and every 's to "is": "waldo's provider" -> "waldo is
+    provider") and titles (mr -> mister), deletes # * + = & @ (which `spoken_form` reads as
+    words), and writes numbers as digits, which `spoken_form` would read back wrongly
+    ("nineteen ninety" -> 1990 -> "one thousand nine hundred ninety", "zero oh one" -> "one").
+    """
+    words = spoken_form(_PARENTHESISED.sub(" ", text))
+    english = _leaderboard_normaliser()
+    return english.standardize_spellings(re.sub(english.ignore_patterns, " ", words))
+
+
+@functools.lru_cache(maxsize=1)
+def _leaderboard_normaliser():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
