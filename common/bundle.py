@@ -48,6 +48,7 @@ EXPORT_FORMAT, EXPORT_VERSION = "seqkd-onnx", 1
 GRAPHS = ("encoder.onnx", "decoder.onnx")
 EXPORT_FILES = (*GRAPHS, *FILES[1:])
 EXPORT_ID_FILES = EXPORT_FILES[:5]
+SEQKD_KIND, EXPORT_KIND = "seqkd", "seqkd-onnx"      # teacher kinds (common/teachers.py)
 
 
 class BundleError(ValueError):
@@ -66,6 +67,10 @@ class Bundle:
     @property
     def form(self) -> str:
         return model_form(self.meta)
+
+    @property
+    def kind(self) -> str:
+        return EXPORT_KIND if self.meta.get("format") == EXPORT_FORMAT else SEQKD_KIND
 
 
 def save_bundle(path: str | Path, model: Seq2Seq, tokenizer: Tokenizer, features: FeatureExtractor,

@@ -18,14 +18,17 @@ from common.features import pad_features
 
 @dataclass
 class NBestEntry:
-    text: str
-    tokens: list[int]
-    logp: float
+    text: str                                    # in the corpus's form: what is scored and learnt
+    tokens: list[int]                            # the teacher's token ids
+    logp: float                                  # total log-probability
     topm_ids: list[list[int]] | None = None      # with BeamConfig.topm: word-level KD targets
     topm_logp: list[list[float]] | None = None
+    raw: str | None = None                       # a foreign teacher's own text (Whisper's, cased)
 
     def as_dict(self) -> dict:
         out = {"text": self.text, "tokens": self.tokens, "logp": self.logp}
+        if self.raw is not None:
+            out["raw"] = self.raw
         if self.topm_ids is not None:
             out.update(topm_ids=self.topm_ids, topm_logp=self.topm_logp)
         return out
@@ -60,6 +63,23 @@ class Transcriber:
     @property
     def sample_rate(self) -> int:
         return self.bundle.features.config.sample_rate
+
+    @property
+    def kind(self) -> str:
+        return self.bundle.kind
+
+    @property
+    def teacher_id(self) -> str:
+        return self.bundle.bundle_id
+
+    @property
+    def params(self) -> int:
+        return self.bundle.model.num_params()
+
+    @staticmethod
+    def normalise(text: str) -> str:
+        """A seqkd model writes its training corpus's own form: nothing to change."""
+        return text
 
     def load(self, source: str | Path | bytes) -> torch.Tensor:
         return load_audio(source, self.limits, self.sample_rate)
