@@ -1,20 +1,21 @@
-"""`seqkd evaluate BUNDLE --data D/test`: WER, CER, error counts, params and RTF."""
+"""`seqkd evaluate TEACHER --data D/test`: WER, CER, error counts, params and RTF (any kind of
+teacher or student directory, `common.teachers`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from seqkd.transcribe_cmd import add_beam_arguments, beam_config
+from seqkd.transcribe_cmd import add_beam_arguments, add_teacher_arguments, beam_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/, or an "
-                                  "exported directory)")
+    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/, an "
+                                  "exported directory, or a Whisper CTranslate2 directory)")
     p.add_argument("--data", required=True, help="manifest directory to decode")
     add_beam_arguments(p)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    add_teacher_arguments(p)
     p.add_argument("--out", help="write hyps.jsonl and result.json here")
     p.set_defaults(run=run)
 
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = find_bundle(args.bundle)
     try:
         ev = evaluate(bundle, args.data, beam_config(args), args.device, args.batch_size,
-                      show_progress=sys.stderr.isatty())
+                      show_progress=sys.stderr.isatty(), compute_type=args.compute_type,
+                      language=args.language)
     except (BundleError, ConfigError, ManifestError, ValueError) as exc:
         print(f"seqkd evaluate: {exc}", file=sys.stderr)
         return 2

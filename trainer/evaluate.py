@@ -1,7 +1,10 @@
-"""Decode a manifest with a bundle and score it: WER, CER, error counts, parameters, RTF.
+"""Decode a manifest with a teacher or student and score it: WER, CER, error counts, parameters, RTF.
 
-Scoring compares the beam search's 1-best against the transcript with WSJ's
-non-language symbols removed (as ESPnet scores WSJ); for other corpora that is a no-op.
+Scoring compares the 1-best against the transcript with WSJ's non-language symbols removed (as
+ESPnet scores WSJ; for other corpora a no-op), both in the model's normalised form: a seqkd
+model's output is already in its corpus's form, a Whisper's goes through its normaliser
+(`common.whisper_transcriber`), and so does the transcript, so that both sides are compared
+under the same spelling rules.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from common.audio import AudioError
 from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows
 from common.metrics import ErrorRates, error_rates
-from common.transcriber import Transcriber
+from common.teachers import load_transcriber
 from trainer.data import target_text
 
 
@@ -40,8 +43,11 @@ class Evaluation:
 
 
 def evaluate(bundle: str | Path, data: str | Path, cfg: BeamConfig, device: str = "auto",
-             batch_size: int | None = None, show_progress: bool = True) -> Evaluation:
-    transcriber = Transcriber(bundle, device=device)
+             batch_size: int | None = None, show_progress: bool = True, compute_type: str = "auto",
+             language: str | None = None) -> Evaluation:
+    """`bundle`: any teacher directory (common/teachers.py); `compute_type` and `language` are
+    a Whisper teacher's."""
+    transcriber = load_transcriber(bundle, device, compute_type, language)
     rows = list(iter_rows(data, ["utt_id", "audio", "text"]))
     waves, kept, skipped = [], [], []
     for row in rows:
@@ -61,12 +67,12 @@ def evaluate(bundle: str | Path, data: str | Path, cfg: BeamConfig, device: str 
             results += transcriber.transcribe_waves(waves[i:i + chunk], cfg, batch_size)
             progress.advance(task, len(waves[i:i + chunk]))
     decode_s = time.perf_counter() - began
-    refs = [target_text(r["text"], True) for r in kept]
+    refs = [transcriber.normalise(target_text(r["text"], True)) for r in kept]
     hyps = [target_text(t.text, True) for t in results]
     audio_s = sum(w.numel() for w in waves) / transcriber.sample_rate
     lines = [{"utt_id": r["utt_id"], "ref": ref, "hyp": hyp, "logp": t.nbest[0].logp}
              for r, ref, hyp, t in zip(kept, refs, hyps, results)]
-    return Evaluation(rates=error_rates(refs, hyps), params=transcriber.bundle.model.num_params(),
+    return Evaluation(rates=error_rates(refs, hyps), params=transcriber.params,
                       rtf=decode_s / max(audio_s, 1e-9), utterances=len(kept), audio_s=audio_s,
                       decode_s=decode_s, skipped=skipped, hyps=lines)
 
