@@ -106,7 +106,7 @@ def test_a_missing_engine_is_one_clear_line(tmp_path):
     """With flite off PATH, `prepare synth` fails in one line that names it and how to get it."""
     path = tmp_path / "bin"
     path.mkdir()
-    for tool in ("espeak-ng", "text2wave", "bible"):
+    for tool in ("espeak-ng", "festival", "bible"):
         os.symlink(shutil.which(tool), path / tool)
     env_path = f"{path}:{os.path.dirname(os.path.realpath(shutil.which('python3')))}"
     import subprocess
