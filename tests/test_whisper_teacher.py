@@ -5,7 +5,6 @@ CLI's transcribe and evaluate, the kinds of teacher directory and their one-line
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
