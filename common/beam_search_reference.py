@@ -118,12 +118,13 @@ class LoopCTCPrefixScorer(CTCPrefixScorer):
 
     def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
                length: int) -> CTCState:
-        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]      # (T, K)
-        blank = self.x[:, :, BLANK_ID].index_select(1, rows)        # (T, K)
-        r = xs.new_full((xs.shape[0], 2, xs.shape[1]), NEG_INF)
+        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]            # (T', K): frames lo..
+        blank = self.x[ext.lo:, :, BLANK_ID].index_select(1, rows)
+        r = xs.new_full((self.x.shape[0], 2, xs.shape[1]), NEG_INF)
         if ext.first:
             r[0, 0] = xs[0]
-        for t in range(ext.start, xs.shape[0]):
-            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi[t - 1]) + xs[t]
-            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + blank[t]
+        for t in range(ext.lo + 1, self.x.shape[0]):
+            i = t - ext.lo
+            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi[i - 1]) + xs[i]
+            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + blank[i]
         return CTCState(r=r, psi=ext.psi[rows, cols], last=tokens, length=length)

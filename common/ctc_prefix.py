@@ -28,11 +28,14 @@ class CTCState:
 
 @dataclass
 class Extension:
-    """What `score` computed for every candidate, kept for the few that `select` extends."""
-    xs: torch.Tensor     # (T, N, C): log p(candidate) per frame
-    phi: torch.Tensor    # (T, N, C): log prob. of the parent's prefix being complete at each frame
+    """What `score` computed for every candidate, kept for the few that `select` extends.
+
+    Only frames from `lo` on: a prefix of L tokens cannot end before frame L - 1, so the frames
+    before the parent's length hold -inf for every extension and are never computed."""
+    xs: torch.Tensor     # (T - lo, N, C): log p(candidate) per frame
+    phi: torch.Tensor    # (T - lo, N, C): log prob. of the parent's prefix being complete
     psi: torch.Tensor    # (N, C): log prefix probability of each extended prefix
-    start: int           # the first frame the extended prefix's recursion computes
+    lo: int              # the first frame held
     first: bool          # the parent is the empty prefix: the token may be frame 0's label
 
 
@@ -59,25 +62,27 @@ class CTCPrefixScorer:
         `logsumexp` over frames. The extended prefix's own variables are computed by `select`,
         for the rows the search keeps."""
         t_max = self.x.shape[0]
-        xs = torch.gather(self.x, 2, cand.unsqueeze(0).expand(t_max, -1, -1))  # (T, N, C)
-        r_sum = torch.logaddexp(state.r[:, 0], state.r[:, 1])  # (T, N)
-        repeat = (cand == state.last.unsqueeze(1)).unsqueeze(0)  # (1, N, C)
-        phi = torch.where(repeat, state.r[:, 1].unsqueeze(-1), r_sum.unsqueeze(-1))  # (T, N, C)
-        start = max(1, state.length)
-        terms = phi[start - 1: t_max - 1] + xs[start:]
+        lo = min(max(1, state.length), t_max) - 1                   # frame start - 1
+        xs = torch.gather(self.x[lo:], 2, cand.unsqueeze(0).expand(t_max - lo, -1, -1))  # (T', N, C)
+        r = state.r[lo:]
+        r_sum = torch.logaddexp(r[:, 0], r[:, 1])                     # (T', N)
+        repeat = (cand == state.last.unsqueeze(1)).unsqueeze(0)       # (1, N, C)
+        phi = torch.where(repeat, r[:, 1].unsqueeze(-1), r_sum.unsqueeze(-1))  # (T', N, C)
+        terms = phi[:-1] + xs[1:]
         if state.length == 0:   # the token can be the first frame's label
             terms = torch.cat([xs[:1], terms], dim=0)
         psi = torch.logsumexp(terms, dim=0) if terms.shape[0] else xs.new_full(cand.shape, NEG_INF)
         psi = torch.where(cand == EOS_ID, r_sum[-1].unsqueeze(-1), psi)
-        return psi - state.psi.unsqueeze(1), Extension(xs=xs, phi=phi, psi=psi, start=start,
+        return psi - state.psi.unsqueeze(1), Extension(xs=xs, phi=phi, psi=psi, lo=lo,
                                                        first=state.length == 0)
 
     def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
                length: int) -> CTCState:
         """The state of the chosen (row, candidate column) pairs, one per new row."""
-        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]      # (T, K)
-        blank = self.x[:, :, BLANK_ID].index_select(1, rows)        # (T, K)
-        r = forward_variables(xs, phi, blank, ext.start, ext.first)
+        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]            # (T', K)
+        blank = self.x[ext.lo:, :, BLANK_ID].index_select(1, rows)        # (T', K)
+        r = self.x.new_full((self.x.shape[0], 2, rows.numel()), NEG_INF)
+        r[ext.lo:] = forward_variables(xs, phi, blank, ext.first)
         return CTCState(r=r, psi=ext.psi[rows, cols], last=tokens, length=length)
 
     def trim_time(self, state: CTCState, frames: int) -> tuple["CTCPrefixScorer", CTCState]:
@@ -102,34 +107,27 @@ def select_state(state: CTCState, rows: torch.Tensor) -> CTCState:
 _FLOOR = -1e5
 
 
-def forward_variables(xs: torch.Tensor, phi: torch.Tensor, blank: torch.Tensor, start: int,
-                      first: bool) -> torch.Tensor:
-    """The forward variables of prefixes g+c, (T, K) each -> r (T, 2, K), without a loop over frames.
+def forward_variables(xs: torch.Tensor, phi: torch.Tensor, blank: torch.Tensor, first: bool) -> torch.Tensor:
+    """The forward variables of prefixes g+c from frame lo = start - 1 on, (T', K) each -> (T', 2, K),
+    without a loop over frames.
 
-    The recursion (Watanabe et al., 2017, Algorithm 2), for t >= start:
+    The recursion (Watanabe et al., 2017, Algorithm 2), for t >= 1 (frame lo + t):
         r_n(t) = x_c(t) + logaddexp(r_n(t-1), phi(t-1))
         r_b(t) = x_blank(t) + logaddexp(r_n(t-1), r_b(t-1))
-    is linear in the log semiring. With A(t) = x_c(start) + ... + x_c(t) (A(start-1) = 0),
-        r_n(t) = A(t) + logcumsumexp over s <= t of z(s),
-        z(start-1) = r_n(start-1),  z(s) = phi(s-1) - A(s-1),
+    from r_n(0) = x_c(0) if `first` (a one-token prefix may label frame 0) else -inf, r_b(0) = -inf,
+    is linear in the log semiring. With A(t) = x_c(1) + ... + x_c(t) (A(0) = 0),
+        r_n(t) = A(t) + logcumsumexp over s <= t of z(s),   z(0) = r_n(0),  z(s) = phi(s-1) - A(s-1),
     and r_b likewise with the blank's sums and r_n for phi. Two cumulative sums and two
     `logcumsumexp`s, in float64 (A runs to thousands, and float32 would lose the digits that the
-    differences keep). Frames before `start` stay -inf (a prefix of L tokens needs L frames);
-    `first` (a one-token prefix) lets the token be frame 0's label.
+    differences keep): a fixed number of tensor operations whatever the number of frames.
     """
-    t_max, k = xs.shape
-    r = xs.new_full((t_max, 2, k), NEG_INF)
-    if start > t_max:
-        return r
     x = xs.double()
-    init = x[start - 1] if first else x.new_full((k,), NEG_INF)   # r_n(start - 1)
-    a = torch.cat([x.new_zeros(1, k), torch.cumsum(x[start:].clamp_min(_FLOOR), dim=0)])   # (T-start+1, K)
-    z = torch.cat([init.unsqueeze(0), phi[start - 1: t_max - 1].double() - a[:-1]])
-    r_n = a + torch.logcumsumexp(z, dim=0)                          # frames start-1 .. T-1
-    r_n = r_n.masked_fill(torch.isneginf(x[start - 1:]), NEG_INF)
-    b = torch.cat([x.new_zeros(1, k), torch.cumsum(blank[start:].double(), dim=0)])
+    k = x.shape[1]
+    init = x[0] if first else x.new_full((k,), NEG_INF)
+    a = torch.cat([x.new_zeros(1, k), torch.cumsum(x[1:].clamp_min(_FLOOR), dim=0)])
+    z = torch.cat([init.unsqueeze(0), phi[:-1].double() - a[:-1]])
+    r_n = (a + torch.logcumsumexp(z, dim=0)).masked_fill(torch.isneginf(x), NEG_INF)
+    b = torch.cat([x.new_zeros(1, k), torch.cumsum(blank[1:].double(), dim=0)])
     z_b = torch.cat([x.new_full((1, k), NEG_INF), r_n[:-1] - b[:-1]])
     r_b = b + torch.logcumsumexp(z_b, dim=0)
-    r[start - 1:, 0], r[start - 1:, 1] = r_n.to(xs.dtype), r_b.to(xs.dtype)
-    return r
-
+    return torch.stack([r_n, r_b], dim=1).to(xs.dtype)
