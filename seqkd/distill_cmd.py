@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from seqkd.train_cmd import add_run_arguments, overrides
 
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pseudo, objective = kd_settings(args)
         recipe = load_recipe(args.config, overrides(args))
+        check_data(args.labels, args.dev)   # refuse damaged shards now, not hours in
         open_all(args.labels)   # refuse what is not pseudo labels before starting Ray
         connect(args.address, args.num_cpus)
         summary = distill(recipe, args.labels, args.dev, args.out, pseudo, objective, args.resume)
@@ -77,3 +79,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary))
     return 0
+
+
+def check_data(labels: list[str], dev: str | None) -> None:
+    """Every shard readable, before Ray starts. Label shards are checked against the label schema
+    where labels.json says they are labels (elsewhere open_all refuses them in its own words), and
+    input shards that `seqkd label` skipped as damaged are named: the student learns without them."""
+    from common.corpora.manifest import SCHEMA, require_readable
+    from common.labels import INDEX, LABEL_SCHEMA
+
+    for directory in map(Path, labels):
+        index = directory / INDEX
+        require_readable(directory, LABEL_SCHEMA if index.exists() else SCHEMA, INDEX)
+        skipped = json.loads(index.read_text()).get("skipped", {}) if index.exists() else {}
+        for name, reason in skipped.items():
+            print(f"seqkd distill: WARNING: {directory}: input shard {name} was not labelled ({reason}); "
+                  f"repair it and re-run `seqkd label` to train on it too", file=sys.stderr)
+    if dev:
+        require_readable(dev)

@@ -23,11 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from common.bundle import BundleError, find_bundle
     from common.config import ConfigError
-    from common.corpora.manifest import ManifestError
+    from common.corpora.manifest import ManifestError, require_readable
     from trainer.evaluate import evaluate, write_evaluation
 
     bundle = find_bundle(args.bundle)
     try:
+        require_readable(args.data)   # a score over part of a test set would pass for the whole
         ev = evaluate(bundle, args.data, beam_config(args), args.device, args.batch_size,
                       show_progress=sys.stderr.isatty(), compute_type=args.compute_type,
                       language=args.language)

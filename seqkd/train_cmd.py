@@ -33,13 +33,15 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
-    from common.corpora.manifest import ManifestError
+    from common.corpora.manifest import ManifestError, require_readable
     from trainer.recipe import load_recipe
     from seqkd.ray_connect import connect
     from trainer.run import RunError, train
 
     try:
         recipe = load_recipe(args.config, overrides(args))
+        for data in filter(None, (args.train, args.dev)):   # refuse now, not hours in
+            require_readable(data)
         connect(args.address, args.num_cpus)
         summary = train(recipe, args.train, args.dev, args.out, resume=args.resume)
     except (ConfigError, ManifestError, RunError) as exc:
