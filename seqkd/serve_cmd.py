@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per batched beam search")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
                    help="how long a batch waits for more requests")
+    p.add_argument("--max-queued-requests", type=int, default=48, metavar="N",
+                   help="transcriptions a replica lets wait beside the batch it decodes; the next "
+                        "client gets 503 with Retry-After at once instead of a wait")
+    p.add_argument("--retry-after-s", type=float, default=1.0,
+                   help="the Retry-After of a refusal (seconds)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` (default: $SEQKD_TOKEN)")
@@ -33,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from common.bundle import BundleError, find_bundle, load_model
     from seqkd.ray_connect import connect
-    from services.teacher import TOKEN_ENV, Teacher
+    from services.teacher import TOKEN_ENV, Teacher, deployment_options
 
     bundle = find_bundle(args.bundle)
     try:
@@ -41,22 +46,28 @@ def run(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"seqkd serve: {exc}", file=sys.stderr)
         return 2
-    if args.max_batch_size < 1 or args.replicas < 1:
-        print("seqkd serve: --max-batch-size and --replicas must be >= 1", file=sys.stderr)
+    if args.replicas < 1:
+        print("seqkd serve: --replicas must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        options = deployment_options(args.max_batch_size, args.max_queued_requests, args.retry_after_s)
+    except ValueError as exc:
+        print(f"seqkd serve: {exc}", file=sys.stderr)
         return 2
     connect(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     app = Teacher.options(
-        num_replicas=args.replicas, max_ongoing_requests=max(64, 4 * args.max_batch_size),
+        num_replicas=args.replicas, **options,
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
     ).bind(bundle=str(bundle.resolve()), token=args.token or os.environ.get(TOKEN_ENV),
            max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_duration_s=args.max_duration_s)
+           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_duration_s=args.max_duration_s,
+           max_queued_requests=args.max_queued_requests, retry_after_s=args.retry_after_s)
     try:
         serve.run(app, name="teacher", route_prefix="/")
         print(f"seqkd serve: {bundle} at http://{args.host}:{args.port}/v1/transcribe "
-              f"(docs: /docs, {args.replicas} replica(s), batches of <= {args.max_batch_size}); "
-              f"Ctrl-C stops", flush=True)
+              f"(docs: /docs, {args.replicas} replica(s), batches of <= {args.max_batch_size}, "
+              f"{args.max_queued_requests} more queued per replica, then 503); Ctrl-C stops", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

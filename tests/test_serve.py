@@ -305,7 +305,7 @@ def test_hours_of_audio_under_the_upload_limit_get_413_fast(service, speech):
 def test_serve_config_is_valid_for_ray_serve(tiny_bundle):
     from ray.serve.schema import ServeDeploySchema
 
-    from services.teacher import build_app
+    from services.teacher import build_app, deployment_options
 
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "conf" / "serve.yaml").read_text())
     schema = ServeDeploySchema.parse_obj(config)
@@ -316,10 +316,20 @@ def test_serve_config_is_valid_for_ray_serve(tiny_bundle):
     auto = auto if isinstance(auto, dict) else auto.dict()
     assert auto["max_replicas"] > auto["min_replicas"] >= 1 and auto["target_ongoing_requests"] > 0
     assert deployment.max_ongoing_requests >= app.args["max_batch_size"]
+    # the queue bound: the deployment's options are the ones its args call for (room past the
+    # replica's own bound for its refusals, Ray's per-caller queue bounded, Retry-After on both)
+    limits = {k: app.args[k] for k in ("max_batch_size", "max_queued_requests", "retry_after_s")}
+    want = deployment_options(**limits)
+    assert deployment.max_ongoing_requests == want["max_ongoing_requests"] > \
+        limits["max_batch_size"] + limits["max_queued_requests"]
+    assert deployment.max_queued_requests == want["max_queued_requests"] >= deployment.max_ongoing_requests
+    assert deployment.backpressure_config.retry_after_s == app.args["retry_after_s"] > 0
     built = build_app({**app.args, "bundle": str(tiny_bundle[0])})
     assert type(built).__name__ == "Application"
     with pytest.raises(ValueError, match="args.bundle"):
         build_app({})
+    with pytest.raises(ValueError, match="max_queued_requests must be an integer >= 0"):
+        build_app({**app.args, "bundle": str(tiny_bundle[0]), "max_queued_requests": -1})
 
 
 def test_no_token_configured_means_open_access():
@@ -364,3 +374,104 @@ def test_the_handle_decodes_bytes_and_refuses_paths(service, speech_dir):
         with pytest.raises(Exception, match="takes the audio's bytes"):
             handle.decode.remote(path).result()
     assert handle.decode.remote(audio).result()["nbest"]   # the replica still serves
+
+
+BUSY_LIMITS = {"max_batch_size": 2, "max_queued_requests": 2, "retry_after_s": 1.0}   # holds 4
+
+
+@pytest.fixture(scope="module")
+def busy(service, tiny_bundle):
+    """A second app with a small bound, at /busy: batches of 2, 2 more queued, then 503. A lone
+    request waits a second for a partner, so a client can leave while it waits."""
+    from ray import serve
+
+    from services.teacher import Teacher, deployment_options
+
+    handle = serve.run(Teacher.options(**deployment_options(**BUSY_LIMITS), ray_actor_options={"num_cpus": 0})
+                       .bind(bundle=str(tiny_bundle[0]), batch_wait_ms=1000, **BUSY_LIMITS),
+                       name="busy", route_prefix="/busy")
+    yield handle
+    serve.delete("busy")
+
+
+def timed_post(base_url: str, body: bytes, timeout: float = 60, beam: int = 2) -> tuple[httpx.Response, float]:
+    began = time.perf_counter()
+    answer = httpx.post(f"{base_url}/busy/v1/transcribe", content=body, params={"beam": beam},
+                        headers={"Content-Type": "audio/wav"}, timeout=timeout)
+    return answer, time.perf_counter() - began
+
+
+def test_a_flood_past_the_bound_gets_fast_503s_and_the_admitted_are_answered(service, busy, speech):
+    """20 clients at once on a replica that holds 4: the admitted get their transcript, the others
+    a 503 sooner than any answer, with Retry-After and a one-line JSON detail; a request right
+    after is answered, and the replica holds nothing. (On an idle machine a refusal takes tens of
+    milliseconds; beside other work on 2 cores, Ray's path to a decoding replica alone takes about
+    a second, so the test compares refusals with answers rather than with a clock.)"""
+    base = str(service.base_url).rstrip("/")
+    long = encode(np.concatenate([load_audio(speech[f"utt{i}.wav"]).numpy() for i in range(4)] * 2),
+                  16000, "WAV", "PCM_16")   # 10 s of speech: answers take a while to decode
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda _: timed_post(base, long, beam=4), range(20)))
+    answered = [(a, s) for a, s in results if a.status_code == 200]
+    refused = [(a, s) for a, s in results if a.status_code == 503]
+    assert len(answered) + len(refused) == 20, [a.status_code for a, _ in results]
+    assert len(answered) >= 4 and len(refused) >= 4, (len(answered), len(refused))
+    for answer, _ in refused:
+        assert answer.headers["retry-after"] == "1" and answer.headers["content-type"] == "application/json"
+        detail = answer.json()["detail"]
+        assert "\n" not in detail and "busy" in detail and "retry after 1 s" in detail, detail
+    refusal_s, answer_s = sorted(s for _, s in refused), sorted(s for _, s in answered)
+    assert refusal_s[len(refusal_s) // 2] < answer_s[len(answer_s) // 2] and refusal_s[-1] < answer_s[-1], \
+        (refusal_s, answer_s)
+    after, _ = timed_post(base, speech["utt0.wav"])
+    assert after.status_code == 200 and after.json()["text"] == SENTENCES[0]
+    stats = busy.stats.remote().result()
+    assert stats["held"] == 0 and stats["limit"] == 4 and stats["refused"] >= len(refused)
+
+
+def test_a_client_that_leaves_costs_no_decoding(service, busy, speech):
+    """Ray Serve cancels the request of a client that disconnects; the replica gives its place
+    back and its audio is dropped from the batch it was waiting for (never decoded)."""
+    base = str(service.base_url).rstrip("/")
+    before = busy.stats.remote().result()
+    with pytest.raises(httpx.TimeoutException):   # it waits (alone in its batch) longer than its client
+        timed_post(base, speech["utt1.wav"], timeout=0.3)
+    time.sleep(1.5)   # past the batch's wait: had it been kept, it would be decoded by now
+    left = busy.stats.remote().result()
+    assert left["decoded"] == before["decoded"] and left["held"] == 0
+    assert left["cancelled"] == before["cancelled"] + 1
+    answer, _ = timed_post(base, speech["utt1.wav"])
+    assert answer.status_code == 200 and answer.json()["text"] == SENTENCES[1]
+    assert busy.stats.remote().result()["decoded"] == before["decoded"] + 1
+
+
+def test_labeling_via_serve_waits_out_a_busy_deployment(busy, synth_corpus, tiny_bundle, tmp_path):
+    """6 utterances sent at once to a replica that holds 4: the refused are sent again after the
+    Retry-After, and every utterance gets the local teacher's N-best (none left empty)."""
+    from common.beam_search import BeamConfig
+    from common.corpora.manifest import iter_rows
+    from common.transcriber import Transcriber
+    from services.labeling import label
+
+    data, decode = synth_corpus[0] / "dev", BeamConfig(beam=2, nbest=2)
+    refused = busy.stats.remote().result()["refused"]
+    summary = label(None, data, tmp_path / "labels", decode, batch_size=6, via_serve="busy",
+                    show_progress=False)
+    assert summary.utterances == 6 and summary.unusable == 0
+    assert busy.stats.remote().result()["refused"] > refused   # it was busy, and that was waited out
+    transcriber = Transcriber(tiny_bundle[0], device="cpu")
+    for row in iter_rows(tmp_path / "labels"):
+        want = transcriber.transcribe([row["audio"]], decode)[0]
+        assert [h["tokens"] for h in row["hyps"]] == [n.tokens for n in want.nbest]
+
+
+def test_serve_refuses_a_bound_that_cannot_work(tiny_bundle, capsys):
+    from seqkd.cli import build_parser
+
+    for flag, value, words in (("--max-queued-requests", "-1", "max_queued_requests must be an integer >= 0"),
+                               ("--max-batch-size", "0", "max_batch_size must be an integer >= 1"),
+                               ("--retry-after-s", "inf", "retry_after_s must be a finite number")):
+        args = build_parser().parse_args(["serve", str(tiny_bundle[0]), flag, value])
+        assert args.run(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and words in err, err

@@ -14,12 +14,37 @@ function setStatus(state, message) {
   $("status").textContent = message;
 }
 
+// The one-line `detail` of our errors; Ray Serve's own refusals (503 past its proxy's queue)
+// are plain text, shown as their first line.
 async function errorText(response) {
+  const text = await response.text().catch(() => "");
   try {
-    const body = await response.json();
+    const body = JSON.parse(text);
     return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
   } catch {
-    return response.statusText;
+    return text.split("\n")[0] || response.statusText;
+  }
+}
+
+// A 503 means "busy, come back": the upload is sent again this many more times, each after at
+// least the server's Retry-After and an exponential backoff with jitter (so pages refused
+// together do not all return together), at most 30 s.
+const RETRIES = 4;
+
+function retryDelay(response, attempt) {
+  const hint = Number(response.headers.get("Retry-After"));
+  const backoff = 0.5 * 2 ** attempt * (0.5 + Math.random() / 2);
+  return Math.min(30, Math.max(Number.isFinite(hint) ? hint : 0, backoff));
+}
+
+async function postWithRetries(form, filename) {
+  for (let attempt = 0; ; attempt++) {
+    const response = await fetch("v1/transcribe", { method: "POST", body: form, headers: authHeaders() });
+    if (response.status !== 503 || attempt === RETRIES) return response;
+    const wait = retryDelay(response, attempt);
+    setStatus("retrying", `${filename}: the service is busy; trying again in ${wait.toFixed(1)} s ` +
+              `(attempt ${attempt + 2} of ${RETRIES + 1})\u2026`);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
   }
 }
 
@@ -66,9 +91,10 @@ async function transcribe(blob, filename) {
   setStatus("busy", `transcribing ${filename}\u2026`);
   $("result").hidden = true;
   try {
-    const response = await fetch("v1/transcribe", { method: "POST", body: form, headers: authHeaders() });
+    const response = await postWithRetries(form, filename);
     if (!response.ok) {
-      setStatus("error", `${filename}: ${response.status} ${await errorText(response)}`);
+      const gaveUp = response.status === 503 ? ` (still busy after ${RETRIES + 1} attempts: try later)` : "";
+      setStatus("error", `${filename}: ${response.status} ${await errorText(response)}${gaveUp}`);
       return;
     }
     show(await response.json());
