@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="warn when the teacher's dev WER (its bundle's meta) is above W")
     p.add_argument("--refuse-weak-teacher", action="store_true",
                    help="refuse to label with such a teacher instead of warning")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="refuse at the first damaged input shard instead of labelling the others")
     p.set_defaults(run=run)
 
 
@@ -77,9 +79,16 @@ def run(args: argparse.Namespace) -> int:
         connect(args.address)
         summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,
                         args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty(),
-                        resources=args.resources)
+                        resources=args.resources, fail_fast=args.fail_fast)
     except (ConfigError, ManifestError, LabelError) as exc:
         print(f"seqkd label: {exc}", file=sys.stderr)
         return 2
+    for path, reason in summary.damaged.items():
+        print(f"seqkd label: not labelled: {path}: {reason}", file=sys.stderr)
     print(json.dumps(summary.__dict__) if args.json else summary.line())
+    if summary.damaged:
+        print(f"seqkd label: {len(summary.damaged)} damaged input shard(s) not labelled (named above, "
+              f"and in {args.out}/labels.json under `skipped`); repair them and run the same command "
+              f"again: it labels only those", file=sys.stderr)
+        return 1
     return 0

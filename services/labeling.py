@@ -13,8 +13,10 @@ them to the input shard read back from disk, writes the output shard with the sa
 file + rename) and forgets them, so its memory is one shard's hypotheses, not the corpus. An
 output shard that exists is complete, a re-run skips it, and a killed worker (whose task Ray
 retries) neither loses nor duplicates an utterance. `labels.json` records the teacher, its
-tokenizer (copied beside the shards as tokenizer.model, for the students), the decode settings
-and the shards done.
+tokenizer (copied beside the shards as tokenizer.model, for the students), the decode settings,
+the shards done and the input shards skipped as damaged (`common.corpora.manifest.check_shards`:
+each named with its reason; every good shard is still labelled, and a re-run after a repair
+labels only the repaired one).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from common.audio import AudioError
 from common.beam_search import BeamConfig
-from common.corpora.manifest import shard_paths, write_shard
+from common.corpora.manifest import BadShard, check_shards, write_shard
 from common.labels import HYP, INDEX, LABEL_SCHEMA, TOKENIZER
 from common.metrics import error_rates
+from services.overload import Backoff, retry_hint
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,13 @@ class LabelSummary:
     mean_hyp_tokens: float
     wer_1best: float | None
     unusable: int
+    damaged: dict[str, str]   # input shard path -> why it cannot be read; not labelled
 
     def line(self) -> str:
         wer = f"{100 * self.wer_1best:.2f}%" if self.wer_1best is not None else "n/a (no transcripts)"
         return (f"labelled {self.utterances} utts ({self.hours:.3f} h) in {self.shards_done} shards "
-                f"({self.shards_skipped} already done), {self.utterances / max(self.decode_s, 1e-9):.1f} "
+                f"({self.shards_skipped} already done, {len(self.damaged)} damaged and not labelled), "
+                f"{self.utterances / max(self.decode_s, 1e-9):.1f} "
                 f"utts/s, RTF {self.rtf:.4f}, mean 1-best length {self.mean_hyp_tokens:.1f} tokens, "
                 f"1-best WER vs transcript {wer}, {self.unusable} unusable audio")
 
@@ -106,26 +111,52 @@ class TeacherLabeler:
 
 
 class ServeLabeler:
-    """Ray Data actor: the same, decoded by a running teacher deployment (one GPU fleet for both)."""
+    """Ray Data actor: the same, decoded by a running teacher deployment (one GPU fleet for both).
+    A busy fleet's refusals are retried with backoff (they are not answers, so never empty labels)."""
 
-    def __init__(self, app: str, decode: dict) -> None:
+    def __init__(self, app: str, decode: dict, backoff: Backoff = Backoff()) -> None:
         from ray import serve
 
         self.handle = serve.get_app_handle(app)
-        self.decode = decode
+        self.decode, self.backoff = decode, backoff
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        pending = [self.handle.decode.remote(a, self.decode) for a in batch.column("audio").to_pylist()]
+        answers = decode_all(self.handle, batch.column("audio").to_pylist(), self.decode, self.backoff)
         hyps, teacher = [], ""
-        for utt, reply in zip(batch.column("utt_id").to_pylist(), pending):
-            try:
-                answer = reply.result()
-            except Exception as exc:   # the deployment's AudioError arrives wrapped by Ray
-                log.warning("no labels for %s: %s", utt, str(exc).splitlines()[-1])
+        for utt, answer in zip(batch.column("utt_id").to_pylist(), answers):
+            if isinstance(answer, Exception):   # the deployment's AudioError arrives wrapped by Ray
+                log.warning("no labels for %s: %s", utt, str(answer).splitlines()[-1])
                 answer = {"nbest": []}
             hyps.append(answer["nbest"])
             teacher = answer.get("model", teacher)
         return labels_of(batch, hyps, teacher)
+
+
+def decode_all(handle, audio: list[bytes], options: dict, backoff: Backoff) -> list[dict | Exception]:
+    """Each audio's answer from the deployment, or the error it ended with. Those refused for load
+    are sent again after a backoff, up to `backoff.attempts` times, then the batch fails in one line
+    (Ray Data retries or the job stops; a re-run resumes), rather than waiting without end."""
+    answers: list[dict | Exception | None] = [None] * len(audio)
+    todo = list(range(len(audio)))
+    for attempt in range(backoff.attempts):
+        replies = {i: handle.decode.remote(audio[i], options) for i in todo}
+        todo, hint = [], 0.0
+        for i, reply in replies.items():
+            try:
+                answers[i] = reply.result()
+            except Exception as exc:
+                wait = retry_hint(exc)
+                if wait is None:
+                    answers[i] = exc
+                else:
+                    todo.append(i)
+                    hint = max(hint, wait)
+        if not todo:
+            return answers
+        if attempt + 1 < backoff.attempts:
+            time.sleep(backoff.delay(attempt, hint))
+    raise LabelError(f"the teacher deployment refused {len(todo)} of {len(audio)} utterances as busy "
+                     f"{backoff.attempts} times: add replicas or lower --concurrency / --batch-size")
 
 
 def labels_of(batch: pa.Table, hyps: list[list[dict]], teacher_id: str,
@@ -166,13 +197,13 @@ class Totals:
             self.words += rates.words
             self.word_errors += rates.substitutions + rates.deletions + rates.insertions
 
-    def summary(self, done: int, skipped: int, seconds: float) -> LabelSummary:
+    def summary(self, done: int, skipped: int, seconds: float, damaged: list[BadShard]) -> LabelSummary:
         return LabelSummary(
             shards_done=done, shards_skipped=skipped, utterances=self.utterances,
             hours=self.audio_s / 3600, decode_s=seconds, rtf=seconds / max(self.audio_s, 1e-9),
             mean_hyp_tokens=self.hyp_tokens / max(self.labelled, 1),
             wer_1best=self.word_errors / self.words if self.words else None,
-            unusable=self.utterances - self.labelled)
+            unusable=self.utterances - self.labelled, damaged={str(b.path): b.reason for b in damaged})
 
 
 class ShardAssembler:
@@ -217,9 +248,7 @@ class ShardAssembler:
         rows = joined(pq.read_table(self.inputs[name]), labels, self.decode_json)
         write_shard(self.out / name, rows, LABEL_SCHEMA)
         self.index["shards"][name] = len(rows)
-        tmp = self.out / f".{INDEX}.tmp"
-        tmp.write_text(json.dumps(self.index, indent=2))
-        tmp.replace(self.out / INDEX)
+        save_index(self.out, self.index)
         self.totals.add(rows)
 
 
@@ -238,29 +267,36 @@ def joined(source: pa.Table, labels: pa.Table, decode_json: str) -> list[dict]:
 def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: BeamConfig,
           batch_size: int = 16, concurrency: int | tuple[int, int] = 1, num_gpus: float = 0.0,
           via_serve: str | None = None, show_progress: bool = True,
-          resources: dict[str, float] | None = None) -> LabelSummary:
-    """Label every pending shard of `data` into `out`; Ray must be initialised.
+          resources: dict[str, float] | None = None, fail_fast: bool = False) -> LabelSummary:
+    """Label every pending readable shard of `data` into `out`; Ray must be initialised.
 
     `concurrency` is a fixed pool size or (min, max) for Ray Data's autoscaling actor pool;
     `num_gpus` and `resources` are what each teacher actor asks for (so an autoscaler knows
-    which nodes to add)."""
+    which nodes to add). Damaged input shards are named in the summary's `damaged` and in
+    labels.json's `skipped`, and the others labelled; `fail_fast` refuses at the first one."""
     import ray.data
 
     from common.shard_dataset import read_shards
 
     decode.validate()
+    good, bad = check_shards(data, fail_fast=fail_fast)
+    if fail_fast and bad:
+        raise LabelError(f"{bad[0].line()} (--fail-fast: nothing labelled)")
     pool = pool_bounds(concurrency)
     if not via_serve:
         warn_if_unsatisfiable(actor_request(num_gpus, resources), pool)
     settings = asdict(decode)
     out = Path(out)
     teacher_id, tokenizer = _teacher(bundle, via_serve)
-    inputs = {p.name: p for p in shard_paths(data)}
+    inputs = {p.name: p for p in good}
     out.mkdir(parents=True, exist_ok=True)
     index = _open_index(out, teacher_id, tokenizer, settings)
     for tmp in out.glob(".shard-*.tmp"):   # a run killed while writing: redo that shard
         tmp.unlink()
     pending = {name: p for name, p in inputs.items() if not (out / name).exists()}
+    damaged = [b for b in bad if not (out / b.path.name).exists()]   # labelled before it broke: done
+    index["skipped"] = {b.path.name: b.reason for b in damaged}
+    save_index(out, index)
     shards = ShardAssembler(out, pending, index, teacher_id, json.dumps(settings, sort_keys=True))
     began = time.perf_counter()
     if pending:
@@ -284,7 +320,8 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     missing = shards.missing()
     if missing:   # cannot happen unless rows were dropped upstream; never write such a shard
         raise LabelError(f"labeling lost utterances of {len(missing)} shards ({missing}); re-run to redo them")
-    return shards.totals.summary(len(pending), len(inputs) - len(pending), time.perf_counter() - began)
+    return shards.totals.summary(len(pending), len(inputs) - len(pending), time.perf_counter() - began,
+                                 damaged)
 
 
 def _collect(ds, shards: ShardAssembler, total_shards: int, show_progress: bool) -> None:
@@ -395,6 +432,13 @@ def _teacher(bundle: str | Path | None, via_serve: str | None) -> tuple[str, byt
         return bundle_id(bundle), (Path(bundle) / TOKENIZER).read_bytes()
     except BundleError as exc:
         raise LabelError(str(exc)) from None
+
+
+def save_index(out: Path, index: dict) -> None:
+    """labels.json, replaced atomically: a reader (or a re-run) never sees half of it."""
+    tmp = out / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(index, indent=2))
+    tmp.replace(out / INDEX)
 
 
 def _open_index(out: Path, teacher_id: str, tokenizer: bytes, settings: dict) -> dict:

@@ -180,3 +180,109 @@ def test_a_weak_teacher_is_named_in_one_line(tiny_bundle, tmp_path):
         said = weak_teacher(bundle)
         assert said == expect if expect is None else (expect in said and "\n" not in said)
     assert weak_teacher(bundle, max_dev_wer=0.95) is None
+
+
+def label_cli(*argv: str) -> int:
+    """`seqkd label` in this process, on the session's Ray (connect() joins the Ray already up)."""
+    from seqkd.cli import build_parser
+
+    args = build_parser().parse_args(["label", *argv])
+    return args.run(args)
+
+
+def test_damaged_shards_are_named_skipped_and_labelled_after_a_repair(ray_local, synth_corpus, tiny_bundle,
+                                                                      tmp_path, capsys):
+    """A truncated shard, one with the wrong columns and one listed in index.json but missing: each
+    named on its own line, the good shard labelled exactly once, the run non-zero; labels.json says
+    what was skipped, and a re-run after restoring one labels only that one."""
+    from seqkd.distill_cmd import check_data
+    from tests.test_damaged_shards import REASONS, damage
+
+    data, out = tmp_path / "D", tmp_path / "L"
+    originals = damage(synth_corpus[0] / "train", data)
+    opts = [str(tiny_bundle[0]), "--data", str(data), "--out", str(out), "--beam", "4", "--nbest", "3",
+            "--batch-size", "4", "--topm", "0", "--json"]
+    assert label_cli(*opts) == 1
+    captured = capsys.readouterr()
+    for name, words in REASONS.items():
+        assert sum(f"not labelled: {data / name}: {words}" in line
+                   for line in captured.err.splitlines()) == 1, captured.err
+    summary = json.loads(captured.out)
+    assert summary["shards_done"] == 1 and summary["utterances"] == 4
+    assert sorted(summary["damaged"]) == [str(data / n) for n in REASONS]
+    assert [p.name for p in shard_paths(out)] == ["shard-00002.parquet"]
+    assert sorted(rows_by_id(out)) == sorted(pq.read_table(data / "shard-00002.parquet").column("utt_id").to_pylist())
+    index = json.loads((out / "labels.json").read_text())
+    assert index["shards"] == {"shard-00002.parquet": 4} and sorted(index["skipped"]) == sorted(REASONS)
+    check_data([str(out)], None)   # distill trains on these, and says what it lacks
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 3 and all("was not labelled" in line for line in warned)
+
+    (data / "shard-00000.parquet").write_bytes(originals["shard-00000.parquet"])
+    kept = (out / "shard-00002.parquet").stat().st_mtime_ns
+    assert label_cli(*opts) == 1   # two still damaged
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shards_done"] == 1 and summary["shards_skipped"] == 1 and summary["utterances"] == 10
+    assert (out / "shard-00002.parquet").stat().st_mtime_ns == kept
+    assert sorted(rows_by_id(out)) == sorted(u for n in ("shard-00000.parquet", "shard-00002.parquet")
+                                             for u in pq.read_table(data / n).column("utt_id").to_pylist())
+    assert sorted(json.loads((out / "labels.json").read_text())["skipped"]) == \
+        ["shard-00001.parquet", "shard-00003.parquet"]
+
+
+def test_fail_fast_stops_at_the_first_damaged_shard(synth_corpus, tiny_bundle, tmp_path, capsys):
+    from tests.test_damaged_shards import REASONS, damage
+
+    damage(synth_corpus[0] / "train", tmp_path / "D")
+    assert label_cli(str(tiny_bundle[0]), "--data", str(tmp_path / "D"), "--out", str(tmp_path / "L"),
+                     "--fail-fast") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "shard-00000.parquet: " + REASONS["shard-00000.parquet"] in err
+    assert "--fail-fast: nothing labelled" in err and not (tmp_path / "L").exists()
+
+
+class FakeReply:
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def result(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+class FakeHandle:
+    """A deployment handle whose replica answers from a script: per audio, a list of outcomes."""
+
+    def __init__(self, script: dict[bytes, list]):
+        self.script, self.calls = script, []
+        self.decode = self
+
+    def remote(self, audio, options):
+        self.calls.append(audio)
+        return FakeReply(self.script[audio].pop(0))
+
+
+def test_the_serve_labeler_retries_refusals_with_backoff_and_gives_up_in_one_line(monkeypatch):
+    """Refusals for load (ours, and Ray's BackPressureError) are sent again after at least the
+    server's Retry-After; other errors are that utterance's answer; a fleet that stays busy fails
+    the batch after the bounded attempts instead of writing empty labels."""
+    from ray.serve.exceptions import BackPressureError
+
+    from services.labeling import decode_all
+    from services.overload import Backoff, Busy
+
+    slept = []
+    monkeypatch.setattr("services.labeling.time.sleep", slept.append)
+    ok = {"nbest": [{"text": "a"}], "model": "m"}
+    bad_audio = ValueError("unusable audio")
+    handle = FakeHandle({b"1": [Busy("busy", 2.0), ok], b"2": [ok], b"3": [bad_audio],
+                         b"4": [BackPressureError(3, 3), Busy("busy", 0.0), ok]})
+    answers = decode_all(handle, [b"1", b"2", b"3", b"4"], {}, Backoff(attempts=4, first_s=0.1))
+    assert answers == [ok, ok, bad_audio, ok]
+    assert handle.calls == [b"1", b"2", b"3", b"4", b"1", b"4", b"4"]   # only the refused again
+    assert len(slept) == 2 and slept[0] >= 2.0 and 0.1 <= slept[1] <= 0.2
+    always = FakeHandle({b"x": [Busy("busy", 0.0)] * 3})
+    with pytest.raises(LabelError, match="refused 1 of 1 utterances as busy 3 times"):
+        decode_all(always, [b"x"], {}, Backoff(attempts=3, first_s=0.01))
+    assert len(always.calls) == 3
