@@ -63,6 +63,7 @@ def test_transcribe_reports_bad_files_and_keeps_going(tiny_bundle, speech_dir, t
 
 def test_transcribe_bad_bundle_and_options(tmp_path, speech_dir):
     out = seqkd("transcribe", str(tmp_path), str(speech_dir / "utt0.wav"))
-    assert out.returncode == 2 and "incomplete model bundle" in out.stderr
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert f"{tmp_path} is not a teacher" in out.stderr and "model.safetensors" in out.stderr and "model.bin" in out.stderr
     out = seqkd("transcribe", str(tmp_path), "x.wav", "--beam", "2", "--nbest", "5")
     assert out.returncode == 2 and "nbest must be in 1..beam" in out.stderr
