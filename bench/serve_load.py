@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -59,17 +61,11 @@ def main() -> None:
         return
     args.clients, args.max_batch_size = args.clients or 32, args.max_batch_size or 32
 
-    import ray
     from ray import serve
 
     from services.teacher import Teacher
 
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or random_teacher(Path(tmp))
-        audio = speech(Path(tmp))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with serving(args) as (bundle, audio, port):
         rows = {}
         for mode, size in (("unbatched", 1), ("batched", args.max_batch_size)):
             serve.run(Teacher.options(max_ongoing_requests=max(64, 2 * args.clients)).bind(
@@ -77,8 +73,6 @@ def main() -> None:
                 name="teacher", route_prefix="/")
             rows[mode] = asyncio.run(load(f"http://127.0.0.1:{port}", audio, args))
             serve.delete("teacher")
-        serve.shutdown()
-        ray.shutdown()
 
     ratio = rows["batched"]["throughput_rps"] / rows["unbatched"]["throughput_rps"]
     result = {"requests": args.requests, "clients": args.clients, "beam": args.beam,
@@ -138,7 +132,6 @@ async def load(url: str, audio: list[tuple[bytes, float]], args: argparse.Namesp
 
 def overload_main(args: argparse.Namespace) -> None:
     """One replica bounded as `seqkd serve` bounds it, and more clients at once than it holds."""
-    import ray
     from ray import serve
 
     from services.teacher import Teacher, deployment_options
@@ -148,17 +141,10 @@ def overload_main(args: argparse.Namespace) -> None:
     args.clients = args.clients or 4 * holds
     limits = {"max_batch_size": args.max_batch_size, "max_queued_requests": args.max_queued_requests,
               "retry_after_s": args.retry_after_s}
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or random_teacher(Path(tmp))
-        audio = speech(Path(tmp))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with serving(args) as (bundle, audio, port):
         handle = serve.run(Teacher.options(**deployment_options(**limits)).bind(
             bundle=str(bundle), batch_wait_ms=args.batch_wait_ms, **limits), name="teacher", route_prefix="/")
         row = asyncio.run(flood(f"http://127.0.0.1:{port}", audio, args, handle))
-        serve.shutdown()
-        ray.shutdown()
     result = {"clients": args.clients, "replica_holds": holds, **limits, "beam": args.beam,
               "client_timeout_s": args.client_timeout, "max_seconds": args.max_seconds,
               "bundle": args.bundle or "random-weight conf/teacher.yaml", **row}
@@ -228,6 +214,25 @@ async def flood(url: str, audio: list[tuple[bytes, float]], args: argparse.Names
             "refused_by_replica": len(outcomes["refused"]) - by_proxy, "refused_by_proxy": by_proxy,
             "refusals_with_retry_after": with_retry_after, "wall_s": round(wall, 2),
             "replica_rss_before_bytes": before["rss_bytes"], "replica": after}
+
+
+@contextlib.contextmanager
+def serving(args: argparse.Namespace) -> Iterator[tuple[Path, list[tuple[bytes, float]], int]]:
+    """(bundle, uploads, port) with Ray and Serve up on loopback for the body; both shut down after."""
+    import ray
+    from ray import serve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = args.bundle or random_teacher(Path(tmp))
+        audio = speech(Path(tmp))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            yield Path(bundle), audio, port
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def speech(tmp: Path) -> list[tuple[bytes, float]]:
