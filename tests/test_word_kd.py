@@ -13,7 +13,7 @@ from common.beam_search import BeamConfig, beam_search
 from common.kd_loss import SoftTargets, sequence_kd_loss, soft_targets, word_kd_divergence
 from common.models.seq2seq import IGNORE, decoder_io
 from tests.conftest import FAMILIES, tiny_model
-from trainer.data import SOFT_FEATURE_SCHEMA, expanded
+from trainer.data import SOFT_FEATURE_SCHEMA, bucketed, expanded
 from trainer.distill import SequenceKD
 
 
@@ -201,3 +201,18 @@ def test_expand_makes_every_hypothesis_its_own_example_once():
     # each example trains alone: weight 1, its own top-M row
     hyps, weights, _, soft = SequenceKD(word_kd=1.0, expand=True).targets(batches[0])
     assert all(w == [1.0] for w in weights) and len(soft) == len(hyps)
+
+
+def test_short_first_batches_run_from_shortest_to_longest_and_keep_every_example():
+    """SortaGrad epochs (optim.short_first_epochs): no shuffle, each batch no shorter than the one
+    before, the same examples as a shuffled epoch."""
+    pool = pa.concat_tables([kd_pool("a", 30, seed=3), kd_pool("b", 20, seed=4)])
+    for make in (bucketed, expanded):
+        ordered = list(make(iter([pool]), 200, 4, None))
+        longest = [int(b.lens.max()) for b in ordered]
+        assert longest == sorted(longest) and longest[0] < longest[-1]
+        shuffled = list(make(iter([pool]), 200, 4, random.Random(0)))
+        assert [int(b.lens.max()) for b in shuffled] != longest           # the rng does shuffle
+        def examples(batches: list) -> list:
+            return sorted((u, str(h)) for b in batches for u, h in zip(b.utt_ids, b.hyps))
+        assert examples(ordered) == examples(shuffled)

@@ -340,22 +340,25 @@ class FeatureCache:
 
 
 def bucketed(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
-             rng: random.Random) -> Iterator[Batch]:
-    """Each pool of utterances -> frame-budget batches in a seeded random order."""
+             rng: random.Random | None) -> Iterator[Batch]:
+    """Each pool of utterances -> frame-budget batches in a seeded random order (shortest
+    first without `rng`)."""
     for pool in pools:
         batches = frame_budget_batches(pool.column("n_frames").to_pylist(), max_frames)
-        rng.shuffle(batches)
+        if rng is not None:
+            rng.shuffle(batches)
         for idx in batches:
             yield collate(pool.take(idx), n_mels)
 
 
 def expanded(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
-             rng: random.Random) -> Iterator[Batch]:
+             rng: random.Random | None) -> Iterator[Batch]:
     """The paper's protocol: each kept hypothesis is its own training example.
 
     Pass j of a pool holds hypothesis j of every utterance that has one, cut into frame-budget
     batches; the batches of all passes are shuffled together, so an epoch is k x utterances and
-    a batch never holds two hypotheses of one utterance. The features are not copied.
+    a batch never holds two hypotheses of one utterance (without `rng`, all passes' batches
+    run shortest first). The features are not copied.
     """
     for pool in pools:
         counts = [len(h) for h in pool.column("hyp_tokens").to_pylist()]
@@ -365,6 +368,9 @@ def expanded(pools: Iterable[pa.Table], max_frames: int, n_mels: int,
             have = [i for i, c in enumerate(counts) if c > j]
             batches += [(j, [have[b] for b in idx])
                         for idx in frame_budget_batches([frames[i] for i in have], max_frames)]
-        rng.shuffle(batches)
+        if rng is not None:
+            rng.shuffle(batches)
+        else:
+            batches.sort(key=lambda b: frames[b[1][-1]])   # stable: pass 0 before pass 1
         for j, idx in batches:
             yield collate(pool.take(idx), n_mels).only_hypothesis(j)

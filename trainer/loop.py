@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -122,16 +123,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stopped = progress.stopped_early
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
+        short_first = progress.epoch < opt_cfg.short_first_epochs
         if not cache.ready:
             stream = first_pass or training_pools(train_shard, opt_cfg.bucket_utts)
             first_pass = None
             # featurising first pays when the cached epoch then trains on more threads than the one
-            # the worker has beside the data tasks; else training overlaps the stream
-            pools = cache.prefill(stream) if threads > torch.get_num_threads() else cache.record(stream)
+            # the worker has beside the data tasks, and a short-first epoch needs the whole pass;
+            # else training overlaps the stream
+            prefill = short_first or threads > torch.get_num_threads()
+            pools = cache.prefill(stream) if prefill else cache.record(stream)
         if cache.ready:   # no more data tasks on this node: the worker takes its share of the cores
             torch.set_num_threads(threads)
             pools = cache.replay()
-        batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels, rng)
+            if short_first:   # the whole pass as one pool (over the cache's limit: pool by pool)
+                pools = iter([pa.concat_tables(list(pools))])
+        batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels,
+                                    None if short_first else rng)
         for _ in range(progress.batch_in_epoch):   # resuming mid-epoch: skip what was trained
             next(batches, None)
         for batch in _in_step(batches, world, device):
@@ -165,6 +172,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 break
         epoch_done = not stopped
         if epoch_done:
+            # the batches this worker had beyond the others' (_in_step stops at the first to run
+            # out): read them untrained, so that its pass is whole and cached like the others'.
+            # Else it streams the next epoch from a split that the others, replaying, never read
+            # again, and waits for them for ever.
+            for _ in batches:
+                pass
             progress.epoch += 1
             epoch_steps, progress.batch_in_epoch = progress.batch_in_epoch, 0
         dev_began = time.perf_counter()
@@ -198,7 +211,7 @@ def _cores_per_worker(local_workers: int) -> int:
 class GroundTruth:
     """Joint CTC-attention loss on the human transcript."""
 
-    def batches(self, pools, max_frames: int, n_mels: int, rng: random.Random):
+    def batches(self, pools, max_frames: int, n_mels: int, rng: random.Random | None):
         return bucketed(pools, max_frames, n_mels, rng)
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:

@@ -44,6 +44,9 @@ class OptimRecipe:
     checkpoint_every: int = 500        # steps between mid-epoch checkpoints (and every epoch)
     dev_beam: int = 1                  # beam of the per-epoch dev WER (joint CTC at ctc_weight)
     patience: int | None = None        # stop after this many epochs without a better dev WER
+    # epochs whose batches run from the shortest utterances to the longest instead of shuffled
+    # (SortaGrad, Amodei et al. 2016): CTC and attention leave their plateau on short phrases first
+    short_first_epochs: int = 0
     seed: int = 0
 
     def validate(self) -> None:
@@ -53,6 +56,8 @@ class OptimRecipe:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.short_first_epochs < 0:
+            raise ValueError("short_first_epochs must be >= 0")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be >= 1 (or null: train every epoch)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
