@@ -65,14 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from seqkd.ray_connect import connect
     from trainer.distill import distill, open_all
     from trainer.recipe import load_recipe
-    from trainer.run import RunError
+    from trainer.run import RunError, require_cpus
 
     try:
         pseudo, objective = kd_settings(args)
         recipe = load_recipe(args.config, overrides(args))
         check_data(args.labels, args.dev)   # refuse damaged shards now, not hours in
         open_all(args.labels)   # refuse what is not pseudo labels before starting Ray
-        connect(args.address, args.num_cpus)
+        if connect(args.address, args.num_cpus):
+            require_cpus(recipe)
         summary = distill(recipe, args.labels, args.dev, args.out, pseudo, objective, args.resume)
     except (ConfigError, ManifestError, RunError, ValueError) as exc:
         print(f"seqkd distill: {exc}", file=sys.stderr)

@@ -36,13 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from common.corpora.manifest import ManifestError, require_readable
     from trainer.recipe import load_recipe
     from seqkd.ray_connect import connect
-    from trainer.run import RunError, train
+    from trainer.run import RunError, require_cpus, train
 
     try:
         recipe = load_recipe(args.config, overrides(args))
         for data in filter(None, (args.train, args.dev)):   # refuse now, not hours in
             require_readable(data)
-        connect(args.address, args.num_cpus)
+        if connect(args.address, args.num_cpus):
+            require_cpus(recipe)
         summary = train(recipe, args.train, args.dev, args.out, resume=args.resume)
     except (ConfigError, ManifestError, RunError) as exc:
         print(f"seqkd train: {exc}", file=sys.stderr)

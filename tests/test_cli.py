@@ -28,6 +28,18 @@ def test_distill_refuses_a_manifest_that_is_not_pseudo_labels(synth_corpus, tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_train_refuses_a_local_ray_too_small_to_feed_its_worker(synth_corpus, tmp_path):
+    """One CPU held by the worker leaves none for the featurising tasks: the run would wait for
+    ever; it is refused in one line, before any Ray Train process starts."""
+    data = synth_corpus[0]
+    out = seqkd("train", "--config", "conf/student_small.yaml", "--train", str(data / "train"),
+                "--out", str(tmp_path / "run"), "--num-cpus", "1", timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("seqkd train: this Ray has 1 CPUs and the run needs 2: 1 worker(s) x 1"), line
+    assert "--num-cpus" in line and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_report_refuses_a_directory_that_is_not_a_bundle(synth_corpus, tmp_path):
     out = seqkd("report", str(tmp_path), "--test", str(synth_corpus[0] / "test"), "--out", str(tmp_path / "r"))
     assert out.returncode == 2

@@ -68,6 +68,23 @@ class RunError(ValueError):
     """A run that cannot start or finish: the message says what to do."""
 
 
+def require_cpus(recipe: Recipe) -> None:
+    """Refuse, on a Ray of fixed size, a CPU run it can never start.
+
+    Each CPU worker holds `scaling.cpus_per_worker` CPUs for the whole run, and Ray Data's
+    featurising tasks ask for one CPU each beside them: with less, the first batch never comes
+    and the run waits without a word (`--num-cpus 1` with the default recipe did). Only for a
+    cluster that no autoscaler grows: there the missing CPUs may be on their way."""
+    if ray.cluster_resources().get("GPU", 0) > 0 or recipe.scaling.use_gpu is True:
+        return
+    s = recipe.scaling
+    need, have = s.num_workers * s.cpus_per_worker + 1, ray.cluster_resources().get("CPU", 0)
+    if have < need:
+        raise RunError(f"this Ray has {have:g} CPUs and the run needs {need:g}: {s.num_workers} "
+                       f"worker(s) x {s.cpus_per_worker:g} (scaling.cpus_per_worker) + 1 for the "
+                       "featurising tasks; give it more (--num-cpus) or lower scaling.cpus_per_worker")
+
+
 @dataclass
 class RunPaths:
     root: Path
