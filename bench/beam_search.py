@@ -1,6 +1,6 @@
 """Batched beam search vs the plain per-utterance search, same model, same inputs, same N-best.
 
-    python bench/beam_search.py [--utts 64 --beam 10 --threads 2] [--json out.json]
+    python bench/beam_search.py [--utts 64 --beam 10 --threads 2] [--ctc-weight 0.3] [--json out.json]
 
 A random-weight pBLSTM + location-attention model (~10M parameters, the paper's family)
 decodes `--utts` utterances of mixed length (2-15 s of random 80-dim features) three ways:
@@ -9,6 +9,12 @@ decodes `--utts` utterances of mixed length (2-15 s of random 80-dim features) t
   batched     the batched search over length-sorted batches of utterances x beams (ours,
               as `Transcriber` runs it)
 and checks that all three return the same N-best, token for token.
+
+With `--ctc-weight`, joint CTC-attention decoding (the model's CTC head, random like the rest):
+the plain reference recomputes CTC prefix probabilities from scratch per hypothesis and is left
+out; the ESPnet-style search is then the per-utterance search with the CTC prefix scorer's frame
+loop (`LoopCTCPrefixScorer`, as ESPnet's CTCPrefixScoreTH), beside the per-utterance search and
+the batched search with ours (closed form).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.beam_search import BeamConfig, beam_search, length_sorted_batches
-from common.beam_search_reference import reference_beam_search
+from common.beam_search_reference import LoopCTCPrefixScorer, reference_beam_search
 from common.models import ModelConfig, Seq2Seq
 
 MODEL = {
@@ -42,6 +48,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="utterances per batch (x beam rows)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ctc-weight", type=float, default=0.0, help="joint CTC decoding (0: attention only)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,7 +58,9 @@ def main() -> None:
     lens = torch.randint(2 * FRAME_RATE, 15 * FRAME_RATE, (args.utts,))
     feats = torch.randn(args.utts, int(lens.max()), 80)
     audio_s = float(lens.sum()) / FRAME_RATE
-    cfg = BeamConfig(beam=args.beam, nbest=args.beam, max_len_ratio=args.max_len_ratio)
+    cfg = BeamConfig(beam=args.beam, nbest=args.beam, max_len_ratio=args.max_len_ratio,
+                     ctc_weight=args.ctc_weight)
+    use_ctc = args.ctc_weight > 0
 
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -73,8 +82,12 @@ def main() -> None:
         per_utt_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        plain = [reference_beam_search(model, enc[i:i + 1], int(enc_lens[i]), cfg)
-                 for i in range(args.utts)]
+        if use_ctc:   # the reference: ESPnet-style, per utterance, the CTC frame loop
+            plain = [beam_search(model, enc[i:i + 1, : enc_lens[i]], enc_lens[i:i + 1], cfg,
+                                 ctc_scorer=LoopCTCPrefixScorer)[0] for i in range(args.utts)]
+        else:
+            plain = [reference_beam_search(model, enc[i:i + 1], int(enc_lens[i]), cfg)
+                     for i in range(args.utts)]
         plain_s = time.perf_counter() - t0
 
     def same(a, b) -> bool:
@@ -85,11 +98,11 @@ def main() -> None:
     differing = [i for i in range(args.utts) if not same([batched[i]], [plain[i]])]
     gaps = [_tie_gap(plain[i], batched[i]) for i in differing]
     tokens = sum(len(h[0].tokens) + 1 for h in batched)
-    rows = [("plain (reference)", plain_s), ("per-utterance batched beams", per_utt_s),
-            ("batched (ours)", batched_s)]
+    rows = [("ESPnet-style: per utterance, CTC frame loop" if use_ctc else "plain (reference)", plain_s),
+            ("per-utterance batched beams", per_utt_s), ("batched (ours)", batched_s)]
     result = {
         "device": "cpu", "threads": args.threads, "params": model.num_params(), "utts": args.utts,
-        "beam": args.beam, "audio_s": round(audio_s, 1), "encode_s": round(encode_s, 3),
+        "beam": args.beam, "ctc_weight": args.ctc_weight, "audio_s": round(audio_s, 1), "encode_s": round(encode_s, 3),
         "best_tokens": tokens, "identical_nbest": identical, "batch_size": args.batch_size,
         "differing_utts": len(differing), "max_score_gap_where_differing": max(gaps, default=0.0),
         "methods": {name: {"search_s": round(s, 3), "utts_per_s": round(args.utts / s, 2),
@@ -98,7 +111,8 @@ def main() -> None:
         "speedup_vs_per_utterance": round(per_utt_s / batched_s, 2),
     }
     table = Table(title=f"beam search, {model.num_params() / 1e6:.1f}M params, {args.utts} utts "
-                        f"({audio_s:.0f} s audio), beam {args.beam}, {args.threads} threads")
+                        f"({audio_s:.0f} s audio), beam {args.beam}, CTC weight {args.ctc_weight}, "
+                        f"{args.threads} threads")
     for col in ["method", "search s", "utts/s", "RTF (search)", "speedup of ours"]:
         table.add_column(col, justify="right")
     for name, s in rows:
