@@ -102,7 +102,8 @@ def main() -> None:
             ("per-utterance batched beams", per_utt_s), ("batched (ours)", batched_s)]
     result = {
         "device": "cpu", "threads": args.threads, "params": model.num_params(), "utts": args.utts,
-        "beam": args.beam, "ctc_weight": args.ctc_weight, "audio_s": round(audio_s, 1), "encode_s": round(encode_s, 3),
+        "beam": args.beam, "ctc_weight": args.ctc_weight, "audio_s": round(audio_s, 1),
+        "encode_s": round(encode_s, 3),
         "best_tokens": tokens, "identical_nbest": identical, "batch_size": args.batch_size,
         "differing_utts": len(differing), "max_score_gap_where_differing": max(gaps, default=0.0),
         "methods": {name: {"search_s": round(s, 3), "utts_per_s": round(args.utts / s, 2),

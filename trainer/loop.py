@@ -172,11 +172,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 break
         epoch_done = not stopped
         if epoch_done:
-            # the batches this worker had beyond the others' (_in_step stops at the first to run
-            # out): read them untrained, so that its pass is whole and cached like the others'.
-            # Else it streams the next epoch from a split that the others, replaying, never read
-            # again, and waits for them for ever.
-            for _ in batches:
+            # the pools this worker had beyond the others' (_in_step stops at the first to run
+            # out): read on, untrained and uncollated, so that its pass is whole and cached like
+            # the others'. Else it streams the next epoch from a split that the others, replaying,
+            # never read again, and waits for them for ever.
+            for _ in pools:
                 pass
             progress.epoch += 1
             epoch_steps, progress.batch_in_epoch = progress.batch_in_epoch, 0

@@ -75,10 +75,10 @@ def require_cpus(recipe: Recipe) -> None:
     featurising tasks ask for one CPU each beside them: with less, the first batch never comes
     and the run waits without a word (`--num-cpus 1` with the default recipe did). Only for a
     cluster that no autoscaler grows: there the missing CPUs may be on their way."""
-    if ray.cluster_resources().get("GPU", 0) > 0 or recipe.scaling.use_gpu is True:
+    resources, s = ray.cluster_resources(), recipe.scaling
+    if resources.get("GPU", 0) > 0 or s.use_gpu is True:
         return
-    s = recipe.scaling
-    need, have = s.num_workers * s.cpus_per_worker + 1, ray.cluster_resources().get("CPU", 0)
+    need, have = s.num_workers * s.cpus_per_worker + 1, resources.get("CPU", 0)
     if have < need:
         raise RunError(f"this Ray has {have:g} CPUs and the run needs {need:g}: {s.num_workers} "
                        f"worker(s) x {s.cpus_per_worker:g} (scaling.cpus_per_worker) + 1 for the "
