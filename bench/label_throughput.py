@@ -4,8 +4,8 @@
         [--utts 0 --concurrency 1 2 --rss-utts 2000 20000 --shard-size 1000 --beam 5 --nbest 5
          --topm 8 --batch-size 16 --num-cpus 2 --rss-bundle B --rss-beam K] [--quick] [--json out.json]
 
-  plain       one utterance at a time through `Transcriber` (FLAC decode, features, beam search)
-              in this process, `--num-cpus` torch threads: the loop one would write by hand
+  plain       one utterance at a time through the teacher's transcriber (FLAC decode, features,
+              beam search) in this process, `--num-cpus` threads: the loop one would write by hand
   ray c=N     `services.labeling.label` with a fixed pool of N teacher actors on a local Ray of
               `--num-cpus` cores (+ 1 logical CPU for the shard readers), on the same utterances
               (`--utts`, 0: all of `--data`): wall time of the whole job, actor start-up
@@ -17,6 +17,9 @@
               `--rss-bundle` (a student) and `--rss-beam` (nbest = min(nbest, K)) make 20k
               utterances minutes, not a quarter of an hour, on 2 cores
 `--quick` (24 utterances; 48 and 240 for RSS, in shards of 24) checks the script, it measures nothing.
+`--bundle` may be any kind of teacher (common/teachers.py): a Whisper CTranslate2 directory is
+decoded without what it lacks (CTC weight and top-M forced to 0); `--rss-utts` with no number
+skips the driver-RSS runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from rich.table import Table
 from common.beam_search import BeamConfig
 from common.corpora.manifest import Utterance, iter_rows
 from common.corpora.writer import write_manifest
+from common.teachers import teacher_kind
+from common.whisper import KIND as WHISPER
 
 
 def main() -> None:
@@ -45,7 +50,7 @@ def main() -> None:
     ap.add_argument("--bundle", required=True, help="teacher bundle")
     ap.add_argument("--utts", type=int, default=0, help="first N utterances of --data (0: all)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--rss-utts", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--rss-utts", type=int, nargs="*", default=[2000, 20000])
     ap.add_argument("--shard-size", type=int, default=1000, help="of the RSS manifests")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--nbest", type=int, default=5)
@@ -60,6 +65,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.utts, args.rss_utts, args.shard_size = 24, [48, 240], 24
+    if teacher_kind(args.bundle) == WHISPER:   # no CTC head, no per-position distributions
+        args.ctc_weight, args.topm = 0.0, 0
     cfg = BeamConfig(beam=args.beam, nbest=args.nbest, ctc_weight=args.ctc_weight, topm=args.topm)
     rows = list(iter_rows(args.data))[: args.utts or None]
     audio_s = sum(r["duration_s"] for r in rows)
@@ -89,11 +96,12 @@ def main() -> None:
     for m in methods.values():
         m.update(utts_per_s=round(len(rows) / m["seconds"], 2), rtf=round(m["seconds"] / audio_s, 5),
                  seconds=round(m["seconds"], 2))
-    result = {"data": args.data, "bundle": args.bundle, "utts": len(rows), "audio_s": round(audio_s, 1),
+    result = {"data": args.data, "bundle": args.bundle, "teacher_kind": teacher_kind(args.bundle),
+              "utts": len(rows), "audio_s": round(audio_s, 1),
               "num_cpus": args.num_cpus, "batch_size": args.batch_size, "decode": asdict(cfg),
               "methods": methods, "identical_1best": not differing, "differing_utts": differing,
               "driver_rss": rss,
-              "rss_growth": round(rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"], 3)}
+              "rss_growth": round(rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"], 3) if rss else None}
     report(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -119,10 +127,10 @@ def plain_loop(bundle: str, rows: list[dict], cfg: BeamConfig, threads: int) -> 
     """Seconds and 1-best text per utterance, one utterance per call; the model load is not timed."""
     import torch
 
-    from common.transcriber import Transcriber
+    from common.teachers import load_transcriber
 
     torch.set_num_threads(threads)
-    transcriber = Transcriber(bundle, device="cpu")
+    transcriber = load_transcriber(bundle, device="cpu", threads=threads)
     began = time.perf_counter()
     texts = {r["utt_id"]: transcriber.transcribe([r["audio"]], cfg)[0].text for r in rows}
     return time.perf_counter() - began, texts
@@ -177,6 +185,8 @@ def report(result: dict) -> None:
                       f"{plain / m['seconds']:.2f}x")
     console.print(table)
     console.print(f"identical 1-best: {result['identical_1best']}")
+    if not result["driver_rss"]:
+        return
     rss = Table(title="the labeling driver's peak RSS")
     for col in ["utterances", "shards", "seconds", "peak RSS MB"]:
         rss.add_column(col, justify="right")

@@ -13,6 +13,7 @@ seqkd kinds `bundle_id`'s; for Whisper model.bin, config.json, tokenizer.json an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +23,7 @@ from common import whisper
 from common.audio import DEFAULT_LIMITS, AudioLimits
 from common.beam_search import BeamConfig
 from common.bundle import (EXPORT_FILES, EXPORT_KIND, FILES, SEQKD_KIND, BundleError, bundle_id,
-                           is_exported)
+                           is_exported, load_model)
 from common.transcriber import Transcript, Transcriber
 
 KINDS = (SEQKD_KIND, EXPORT_KIND, whisper.KIND)
@@ -46,6 +47,10 @@ class TeacherTranscriber(Protocol):
 
     def normalise(self, text: str) -> str: ...
 
+    def check_config(self, cfg: BeamConfig) -> None: ...
+
+    def describe(self) -> dict: ...
+
 
 def teacher_kind(path: str | Path) -> str:
     """seqkd, seqkd-onnx or whisper-ct2, from the files in `path`; else one BundleError line."""
@@ -68,6 +73,38 @@ def teacher_id(path: str | Path) -> str:
     if teacher_kind(path) == whisper.KIND:
         return whisper.check_dir(path).teacher_id
     return bundle_id(path)
+
+
+@dataclass(frozen=True)
+class TeacherFiles:
+    """What pseudo labels record of their teacher: its kind, id and tokenizer file (a seqkd
+    teacher's sentencepiece `tokenizer.model`, which its students share; Whisper's BPE
+    `tokenizer.json`, which no seqkd student can speak, so its students learn their own)."""
+
+    kind: str
+    teacher_id: str
+    tokenizer_name: str
+    tokenizer: bytes
+
+    @property
+    def foreign_vocabulary(self) -> bool:
+        return self.kind == whisper.KIND
+
+
+def teacher_files(path: str | Path) -> TeacherFiles:
+    """The teacher of `path`'s kind, id and tokenizer, without loading the model."""
+    kind = teacher_kind(path)
+    name = whisper.TOKENIZER if kind == whisper.KIND else "tokenizer.model"
+    return TeacherFiles(kind, teacher_id(path), name, (Path(path) / name).read_bytes())
+
+
+def check_teacher(path: str | Path) -> None:
+    """Fail now, in one BundleError line, for a teacher that cannot load (before a fleet starts):
+    a seqkd model is loaded; a Whisper directory's files and model.bin's headers are read."""
+    if teacher_kind(path) == whisper.KIND:
+        whisper.check_dir(path)
+    else:
+        load_model(path)
 
 
 def load_transcriber(path: str | Path, device: str = "auto", compute_type: str = "auto",

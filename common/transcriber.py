@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ import torch
 from common.audio import DEFAULT_LIMITS, AudioLimits, load_audio
 from common.beam_search import (BeamConfig, Hypothesis, beam_search, default_batch_size,
                                 length_sorted_batches)
-from common.bundle import Bundle, load_model
+from common.bundle import Bundle, load_model, model_name
 from common.device import pick_device
 from common.features import pad_features
 
@@ -75,6 +75,20 @@ class Transcriber:
     @property
     def params(self) -> int:
         return self.bundle.model.num_params()
+
+    def describe(self) -> dict:
+        """What a service tells its clients of the model (`meta` whole: the service filters it)."""
+        b = self.bundle
+        return {"model": b.bundle_id, "name": model_name(b.path) if b.path else b.bundle_id,
+                "kind": b.kind, "form": b.form, "params": b.model.num_params(),
+                "vocab_size": b.tokenizer.vocab_size, "meta": b.meta,
+                "config": {"model": b.model.cfg.to_dict(), "features": asdict(b.features.config)},
+                "device": str(self.device)}
+
+    @staticmethod
+    def check_config(cfg: BeamConfig) -> None:
+        """A ValueError line for settings this model cannot decode with (before any work)."""
+        cfg.validate()
 
     @staticmethod
     def normalise(text: str) -> str:

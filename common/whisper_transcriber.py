@@ -51,6 +51,20 @@ class WhisperTranscriber:
 
             self.normalise = BasicTextNormalizer(preserve_marks=True)
 
+    @staticmethod
+    def check_config(cfg: BeamConfig) -> None:
+        """A ValueError line for what Whisper lacks (a CTC head, per-position distributions)."""
+        check_config(cfg)
+
+    def describe(self) -> dict:
+        """What a service tells its clients of the model, as `Transcriber.describe` does."""
+        m = self.model
+        return {"model": self.teacher_id, "name": m.dir.path.name, "kind": KIND,
+                "form": f"CTranslate2 {m.compute_type}", "params": self.params,
+                "vocab_size": m.tokenizer.get_vocab_size(), "meta": {},
+                "config": {"multilingual": m.model.is_multilingual, "n_mels": m.model.n_mels,
+                           "prompt": m.prompt}, "device": self.device}
+
     def load(self, source: str | Path | bytes) -> torch.Tensor:
         try:
             return load_audio(source, self.limits, self.sample_rate)
@@ -81,7 +95,14 @@ class WhisperTranscriber:
         return [t for t in out if t is not None]
 
     def _transcript(self, nbest: list[Decoded], duration: float, rtf: float) -> Transcript:
-        entries = [NBestEntry(self.normalise(d.text), d.ids, d.logp, raw=d.text) for d in nbest]
+        """Whisper's N-best often differs only in case or punctuation ("Press 6." / "press six"):
+        after normalising, such twins are one target, so only the best of each is kept."""
+        entries, seen = [], set()
+        for d in nbest:
+            text = self.normalise(d.text)
+            if text not in seen:
+                seen.add(text)
+                entries.append(NBestEntry(text, d.ids, d.logp, raw=d.text))
         return Transcript(text=entries[0].text, nbest=entries, duration_s=round(duration, 4),
                           rtf=round(rtf, 5))
 

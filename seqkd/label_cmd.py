@@ -7,17 +7,19 @@ import json
 import sys
 from dataclasses import replace
 
-from seqkd.transcribe_cmd import add_beam_arguments, beam_config
+from seqkd.transcribe_cmd import add_beam_arguments, add_whisper_arguments, beam_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", nargs="?", help="teacher bundle (or run directory); not with --via-serve")
+    p.add_argument("bundle", nargs="?", help="teacher: a bundle (or run directory), an exported one, or "
+                                             "a Whisper CTranslate2 directory; not with --via-serve")
     p.add_argument("--data", required=True, help="manifest directory to label")
     p.add_argument("--out", required=True, help="pseudo-label directory (one shard per input shard)")
     add_beam_arguments(p, beam=10, nbest=5)
-    p.add_argument("--topm", type=int, default=8,
+    p.add_argument("--topm", type=int, default=None,
                    help="keep the teacher's top-M token distribution per position, for "
-                        "`seqkd distill --word-kd` (0: keep none)")
+                        "`seqkd distill --word-kd` (0: keep none; default 8, and 0 for a Whisper "
+                        "teacher, which gives none)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per map_batches call")
     p.add_argument("--concurrency", type=concurrency, default=1, metavar="N|MIN:MAX",
                    help="teacher actors (or Serve callers): N, or MIN:MAX for an autoscaling pool "
@@ -36,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse to label with such a teacher instead of warning")
     p.add_argument("--fail-fast", action="store_true",
                    help="refuse at the first damaged input shard instead of labelling the others")
+    add_whisper_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -59,8 +62,10 @@ def resources(text: str) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.bundle import find_bundle
+    from common.bundle import BundleError, find_bundle
     from common.config import ConfigError
+    from common.teachers import teacher_kind
+    from common.whisper import KIND as WHISPER
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
     from services.labeling import LabelError, label, weak_teacher
@@ -75,12 +80,16 @@ def run(args: argparse.Namespace) -> int:
         if args.refuse_weak_teacher:
             return 2
     try:
-        cfg = replace(beam_config(args), topm=args.topm)
+        topm = args.topm
+        if topm is None:
+            topm = 0 if bundle and teacher_kind(bundle) == WHISPER else 8
+        cfg = replace(beam_config(args), topm=topm)
         connect(args.address)
         summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,
                         args.num_gpus_per_worker, args.via_serve, show_progress=sys.stderr.isatty(),
-                        resources=args.resources, fail_fast=args.fail_fast)
-    except (ConfigError, ManifestError, LabelError) as exc:
+                        resources=args.resources, fail_fast=args.fail_fast,
+                        compute_type=args.compute_type, language=args.language)
+    except (ConfigError, ManifestError, LabelError, BundleError) as exc:
         print(f"seqkd label: {exc}", file=sys.stderr)
         return 2
     for path, reason in summary.damaged.items():

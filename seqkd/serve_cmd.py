@@ -8,10 +8,12 @@ import signal
 import sys
 import threading
 
+from seqkd.transcribe_cmd import add_whisper_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/, or an "
-                                  "exported directory)")
+    p.add_argument("bundle", help="model bundle directory (or a run directory holding bundle/, an "
+                                  "exported directory, or a Whisper CTranslate2 directory)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=int, default=1)
@@ -29,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-duration-s", type=float, default=60.0)
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    add_whisper_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -36,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from common.bundle import BundleError, find_bundle, load_model
+    from common.bundle import BundleError, find_bundle
+    from common.teachers import check_teacher
     from seqkd.ray_connect import connect
     from services.teacher import TOKEN_ENV, Teacher, deployment_options
 
     bundle = find_bundle(args.bundle)
     try:
-        load_model(bundle)   # fail here, in one line, rather than in a replica's log
+        check_teacher(bundle)   # fail here, in one line, rather than in a replica's log
     except BundleError as exc:
         print(f"seqkd serve: {exc}", file=sys.stderr)
         return 2
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     ).bind(bundle=str(bundle.resolve()), token=args.token or os.environ.get(TOKEN_ENV),
            max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_duration_s=args.max_duration_s,
-           max_queued_requests=args.max_queued_requests, retry_after_s=args.retry_after_s)
+           max_queued_requests=args.max_queued_requests, retry_after_s=args.retry_after_s,
+           compute_type=args.compute_type, language=args.language)
     try:
         serve.run(app, name="teacher", route_prefix="/")
         print(f"seqkd serve: {bundle} at http://{args.host}:{args.port}/v1/transcribe "

@@ -38,6 +38,10 @@ def add_beam_arguments(p: argparse.ArgumentParser, beam: int = 10, nbest: int = 
 
 def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1")
+    add_whisper_arguments(p)
+
+
+def add_whisper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compute-type", default="auto", choices=COMPUTE_TYPES,
                    help="a Whisper teacher's CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
     p.add_argument("--language", help="a multilingual Whisper's language token (default: en)")

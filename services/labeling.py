@@ -6,14 +6,16 @@
 The pending manifest shards are read as one Ray Dataset (utterance ids and audio only);
 `map_batches` runs the teacher in an autoscaling actor pool (the bundle loaded once per actor;
 GPUs or custom resources requested per actor, so the cluster autoscaler adds the nodes that can
-hold more actors) or, with `--via-serve`, sends the audio to a running teacher deployment
+hold more actors; any kind of teacher `common.teachers` reads: a seqkd bundle, its ONNX export,
+a Whisper CTranslate2 directory) or, with `--via-serve`, sends the audio to a running teacher deployment
 through a DeploymentHandle. Labelers send back ids and hypotheses, never the audio. The driver
 gathers the hypotheses of each input shard; when every one of its utterances is there, it joins
 them to the input shard read back from disk, writes the output shard with the same name (temp
 file + rename) and forgets them, so its memory is one shard's hypotheses, not the corpus. An
 output shard that exists is complete, a re-run skips it, and a killed worker (whose task Ray
-retries) neither loses nor duplicates an utterance. `labels.json` records the teacher, its
-tokenizer (copied beside the shards as tokenizer.model, for the students), the decode settings,
+retries) neither loses nor duplicates an utterance. `labels.json` records the teacher (kind and id), its
+tokenizer (copied beside the shards under its own name: a seqkd teacher's tokenizer.model, which
+its students share; Whisper's tokenizer.json, which they cannot), the decode settings,
 the shards done and the input shards skipped as damaged (`common.corpora.manifest.check_shards`:
 each named with its reason; every good shard is still labelled, and a re-run after a repair
 labels only the repaired one).
@@ -39,8 +41,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from common.audio import AudioError
 from common.beam_search import BeamConfig
 from common.corpora.manifest import BadShard, check_shards, write_shard
-from common.labels import HYP, INDEX, LABEL_SCHEMA, TOKENIZER
+from common.labels import HYP, INDEX, LABEL_SCHEMA
 from common.metrics import error_rates
+from common.teachers import TeacherFiles, teacher_files
 from services.overload import Backoff, retry_hint
 
 log = logging.getLogger(__name__)
@@ -79,14 +82,15 @@ class TeacherLabeler:
     """Ray Data actor: one teacher per actor, a batch of (utt_id, audio, path) in, ids + N-best out."""
 
     def __init__(self, bundle: str, decode: dict, device: str, fail_after: int, marker: str,
-                 threads: int = 1) -> None:
+                 threads: int = 1, compute_type: str = "auto", language: str | None = None) -> None:
         import torch
 
-        from common.transcriber import Transcriber
+        from common.teachers import load_transcriber
 
         # Ray gives an actor one thread; the search takes its share of the cores (of this node)
-        torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
-        self.transcriber = Transcriber(bundle, device=device)
+        threads = max(1, min(threads, len(os.sched_getaffinity(0))))
+        torch.set_num_threads(threads)
+        self.transcriber = load_transcriber(bundle, device, compute_type, language, threads)
         self.cfg = BeamConfig(**decode)
         self.fail_after, self.marker, self.batches = fail_after, Path(marker), 0
 
@@ -107,7 +111,7 @@ class TeacherLabeler:
         if self.fail_after and self.batches >= self.fail_after and not self.marker.exists():
             self.marker.write_text(str(self.batches))
             os._exit(1)   # the actor dies mid-run, as a preempted GPU node would
-        return labels_of(batch, hyps, self.transcriber.bundle.bundle_id, ctc)
+        return labels_of(batch, hyps, self.transcriber.teacher_id, ctc)
 
 
 class ServeLabeler:
@@ -267,13 +271,15 @@ def joined(source: pa.Table, labels: pa.Table, decode_json: str) -> list[dict]:
 def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: BeamConfig,
           batch_size: int = 16, concurrency: int | tuple[int, int] = 1, num_gpus: float = 0.0,
           via_serve: str | None = None, show_progress: bool = True,
-          resources: dict[str, float] | None = None, fail_fast: bool = False) -> LabelSummary:
+          resources: dict[str, float] | None = None, fail_fast: bool = False,
+          compute_type: str = "auto", language: str | None = None) -> LabelSummary:
     """Label every pending readable shard of `data` into `out`; Ray must be initialised.
 
     `concurrency` is a fixed pool size or (min, max) for Ray Data's autoscaling actor pool;
     `num_gpus` and `resources` are what each teacher actor asks for (so an autoscaler knows
     which nodes to add). Damaged input shards are named in the summary's `damaged` and in
-    labels.json's `skipped`, and the others labelled; `fail_fast` refuses at the first one."""
+    labels.json's `skipped`, and the others labelled; `fail_fast` refuses at the first one.
+    `compute_type` and `language` are a Whisper teacher's (common.teachers.load_transcriber)."""
     import ray.data
 
     from common.shard_dataset import read_shards
@@ -287,10 +293,15 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
         warn_if_unsatisfiable(actor_request(num_gpus, resources), pool)
     settings = asdict(decode)
     out = Path(out)
-    teacher_id, tokenizer = _teacher(bundle, via_serve)
+    teacher = _teacher(bundle, via_serve)
+    if teacher.foreign_vocabulary and (decode.topm or decode.ctc_weight):
+        raise LabelError(f"a {teacher.kind} teacher has no CTC head and gives no per-position "
+                         f"distributions: label it with --topm 0 and --ctc-weight 0 (sequence-level "
+                         f"KD only)")
+    teacher_id = teacher.teacher_id
     inputs = {p.name: p for p in good}
     out.mkdir(parents=True, exist_ok=True)
-    index = _open_index(out, teacher_id, tokenizer, settings)
+    index = _open_index(out, teacher, settings)
     for tmp in out.glob(".shard-*.tmp"):   # a run killed while writing: redo that shard
         tmp.unlink()
     pending = {name: p for name, p in inputs.items() if not (out / name).exists()}
@@ -312,7 +323,7 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
                 num_gpus=num_gpus or None, resources=resources or None,
                 fn_constructor_args=(str(bundle), settings, "cuda" if num_gpus else "cpu",
                                      int(os.environ.get(FAIL_ENV, "0")), str(out / ".fault_injected"),
-                                     max(1, int(cpus) // pool[1])))
+                                     max(1, int(cpus) // pool[1]), compute_type, language))
         # blocks reach the driver in input order (the actors still work in parallel), so it holds
         # about one shard's labels at a time instead of many shards' beginnings
         ds.context.execution_options.preserve_order = True
@@ -362,8 +373,12 @@ def weak_teacher(bundle: str | Path, max_dev_wer: float = MAX_TEACHER_DEV_WER) -
 
     A teacher whose attention never aligned still emits fluent text; distilled, it teaches its
     student to be wrong (measured: +33.3 WER points against the GT twin) while every stage
-    finishes. Nothing else in labeling can tell, so the check reads what training measured."""
-    meta = json.loads((Path(bundle) / "meta.json").read_text())
+    finishes. Nothing else in labeling can tell, so the check reads what training measured
+    (a teacher seqkd did not train, e.g. Whisper, records none and is not checked)."""
+    meta_path = Path(bundle) / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
     dev_wer = meta.get("dev_wer", meta.get("best_dev_wer"))
     if dev_wer is None or dev_wer <= max_dev_wer:
         return None
@@ -419,17 +434,16 @@ def autoscaler_capacity(request: dict[str, float]) -> float | None:
     return total
 
 
-def _teacher(bundle: str | Path | None, via_serve: str | None) -> tuple[str, bytes]:
-    """The teacher's id and its tokenizer model (students must share it)."""
+def _teacher(bundle: str | Path | None, via_serve: str | None) -> TeacherFiles:
+    """The teacher's kind, id and tokenizer file, from the directory or the running deployment."""
     if via_serve:
         from ray import serve
 
-        handle = serve.get_app_handle(via_serve)
-        return handle.teacher_id.remote().result(), handle.tokenizer_model.remote().result()
-    from common.bundle import BundleError, bundle_id
+        return serve.get_app_handle(via_serve).teacher_files.remote().result()
+    from common.bundle import BundleError
 
     try:
-        return bundle_id(bundle), (Path(bundle) / TOKENIZER).read_bytes()
+        return teacher_files(bundle)
     except BundleError as exc:
         raise LabelError(str(exc)) from None
 
@@ -441,19 +455,20 @@ def save_index(out: Path, index: dict) -> None:
     tmp.replace(out / INDEX)
 
 
-def _open_index(out: Path, teacher_id: str, tokenizer: bytes, settings: dict) -> dict:
+def _open_index(out: Path, teacher: TeacherFiles, settings: dict) -> dict:
     """labels.json of `out` (with the teacher's tokenizer beside it), refusing to mix teachers or
     decode settings in one output."""
     path = out / INDEX
     if not path.exists():
-        index = {"teacher_id": teacher_id, "decode": settings,
-                 "tokenizer_sha256": hashlib.sha256(tokenizer).hexdigest(), "shards": {}}
-        (out / TOKENIZER).write_bytes(tokenizer)
+        index = {"teacher_id": teacher.teacher_id, "teacher_kind": teacher.kind, "decode": settings,
+                 "tokenizer": teacher.tokenizer_name,
+                 "tokenizer_sha256": hashlib.sha256(teacher.tokenizer).hexdigest(), "shards": {}}
+        (out / teacher.tokenizer_name).write_bytes(teacher.tokenizer)
         path.write_text(json.dumps(index, indent=2))
         return index
     index = json.loads(path.read_text())
-    if index["teacher_id"] != teacher_id:
-        raise LabelError(f"{out} holds labels by teacher {index['teacher_id']}, not {teacher_id}: "
+    if index["teacher_id"] != teacher.teacher_id:
+        raise LabelError(f"{out} holds labels by teacher {index['teacher_id']}, not {teacher.teacher_id}: "
                          f"refusing to mix teachers; use a new --out")
     if index["decode"] != settings:
         raise LabelError(f"{out} was labelled with decode settings {index['decode']}, not {settings}: "

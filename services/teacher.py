@@ -38,8 +38,7 @@ from ray.serve.config import BackpressureConfig
 
 from common.audio import AudioError, AudioLimits, AudioTooLongError
 from common.beam_search import BeamConfig
-from common.bundle import model_name
-from common.transcriber import Transcriber
+from common.teachers import TeacherFiles, load_transcriber, teacher_files
 from services.overload import Admission, Busy
 from services.requests import Limits, check_token, parse
 
@@ -68,7 +67,7 @@ ASSETS = {"page.js": (PAGE / "page.js", "text/javascript"), "page.css": (PAGE / 
 PUBLIC_META = ("recipe", "targets", "epochs", "steps", "step", "best_step", "dev_wer", "best_dev_wer",
                "stopped_early", "train_seconds", "teacher_id", "k", "weights", "temperature", "gt_weight",
                "max_wer", "ctc_target", "word_kd", "frame_kd", "kd_temperature", "expand", "label_beam",
-               "precision")
+               "teacher_kind", "precision")
 
 
 def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -127,23 +126,22 @@ class Teacher:
     def __init__(self, bundle: str, token: str | None = None, max_batch_size: int = MAX_BATCH_SIZE,
                  batch_wait_ms: float = 20.0, max_upload_bytes: int = Limits.max_upload_bytes,
                  max_duration_s: float = Limits.max_duration_s, device: str = "auto",
-                 max_queued_requests: int = MAX_QUEUED_REQUESTS, retry_after_s: float = RETRY_AFTER_S) -> None:
+                 max_queued_requests: int = MAX_QUEUED_REQUESTS, retry_after_s: float = RETRY_AFTER_S,
+                 compute_type: str = "auto", language: str | None = None) -> None:
+        """`bundle`: any kind of teacher (common.teachers); `compute_type` and `language` are a
+        Whisper teacher's."""
         check_load_limits(max_batch_size, max_queued_requests, retry_after_s)
-        self.transcriber = Transcriber(bundle, device=device,
-                                       limits=AudioLimits(max_duration_s=max_duration_s))
+        self.transcriber = load_transcriber(bundle, device, compute_type, language,
+                                            limits=AudioLimits(max_duration_s=max_duration_s))
+        self.files = teacher_files(bundle)
         self.limits = Limits(max_upload_bytes=max_upload_bytes, max_duration_s=max_duration_s)
         self.token = token or os.environ.get(TOKEN_ENV) or None
         self.admission = Admission(max_batch_size + max_queued_requests, retry_after_s)
         self.decoded = 0
         self.decode_batch.set_max_batch_size(max_batch_size)
         self.decode_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
-        b = self.transcriber.bundle
-        self.info = {"model": b.bundle_id, "name": model_name(b.path) if b.path else b.bundle_id,
-                     "form": b.form, "params": b.model.num_params(),
-                     "vocab_size": b.tokenizer.vocab_size, "meta": public_meta(b.meta),
-                     "config": {"model": b.model.cfg.to_dict(),
-                                "features": asdict(b.features.config)},
-                     "device": str(self.transcriber.device),
+        described = self.transcriber.describe()
+        self.info = {**described, "meta": public_meta(described["meta"]),
                      "limits": asdict(self.limits), "max_batch_size": max_batch_size,
                      "max_queued_requests": max_queued_requests}
 
@@ -186,6 +184,10 @@ class Teacher:
             audio, options = await parse(request, self.limits)
             cfg = options.beam_config()
             try:
+                self.transcriber.check_config(cfg)
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
+            try:
                 wave = await asyncio.to_thread(self.transcriber.load, audio)
             except AudioTooLongError as exc:
                 raise HTTPException(413, str(exc)) from None
@@ -196,9 +198,9 @@ class Teacher:
     def teacher_id(self) -> str:
         return self.info["model"]
 
-    def tokenizer_model(self) -> bytes:
-        """The sentencepiece model, which pseudo labels carry so a student can share it."""
-        return self.transcriber.bundle.tokenizer.proto
+    def teacher_files(self) -> TeacherFiles:
+        """The teacher's kind, id and tokenizer file, which pseudo labels record."""
+        return self.files
 
     async def decode(self, audio: bytes, options: dict[str, Any] | None = None) -> dict:
         """The same decode for Python callers (a DeploymentHandle), e.g. the labeling job.

@@ -90,10 +90,11 @@ def test_transcribes_recordings_of_a_person_in_length_sorted_batches(whisper, mo
     first = out[0].nbest[0]
     assert first.raw.startswith("Please enter your password") and first.raw.endswith(".")
     assert first.text == "please enter your password followed by the pound key"
-    for t in out:
-        assert len(t.nbest) == 2 and t.rtf > 0
+    for t in out:   # 2-best, less the twins that normalise to the same text ("key." / "key")
+        assert 1 <= len(t.nbest) == len({e.text for e in t.nbest}) <= 2 and t.rtf > 0
         ranks = [e.logp / len(e.tokens) for e in t.nbest]   # CTranslate2's length-normalised score
         assert ranks == sorted(ranks, reverse=True) and all(e.logp < 0 for e in t.nbest)
+    assert sum(len(t.nbest) for t in out) < 6       # Whisper's 2-best held such twins
     assert whisper.params == TINY_EN_PARAMS and whisper.kind == "whisper-ct2"
 
 
@@ -138,7 +139,8 @@ def test_seqkd_transcribe_with_a_whisper_directory(whisper_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["text"] == reference(PROMPTS[0])
-    assert [set(e) for e in result["nbest"]] == [{"text", "raw", "tokens", "logp"}] * 2
+    assert 1 <= len(result["nbest"]) <= 2       # the 2-best, less a twin after normalising
+    assert all(set(e) == {"text", "raw", "tokens", "logp"} for e in result["nbest"])
 
 
 @pytest.fixture(scope="module")

@@ -53,15 +53,18 @@ class PseudoLabels:
 
     The filter needs a transcript; utterances without one keep their top k unfiltered, which is
     what makes KD useful on untranscribed audio. `soft` also keeps the teacher's top-M
-    distributions along each kept hypothesis (word-level KD).
+    distributions along each kept hypothesis (word-level KD). `retokenize`: the hypotheses are
+    a teacher's of another vocabulary (Whisper), so the student learns their text in its own
+    tokens rather than the teacher's ids.
     """
 
     k: int = 5
     max_wer: float | None = None
     soft: bool = False
+    retokenize: bool = False
 
     def select(self, transcript: str, hyps: list[dict]) -> list[dict]:
-        kept = [h for h in hyps[: self.k] if h["tokens"]]
+        kept = [h for h in hyps[: self.k] if (h["text"].strip() if self.retokenize else h["tokens"])]
         if self.max_wer is not None and transcript:
             kept = [h for h in kept if utterance_wer(transcript, h["text"]) <= self.max_wer]
         return kept
@@ -148,7 +151,8 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
         rows["n_frames"].append(feats.shape[0])
         rows["tokens"].append(tok.encode(target))
         if pseudo is not None:
-            rows["hyp_tokens"].append([h["tokens"] for h in hyps])
+            rows["hyp_tokens"].append([tok.encode(front.target_text(h["text"])) if pseudo.retokenize
+                                       else h["tokens"] for h in hyps])
             rows["hyp_logp"].append([h["logp"] for h in hyps])
             if pseudo.soft:
                 if c_ids is None or any(h.get("topm_ids") is None for h in hyps):

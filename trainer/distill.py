@@ -3,8 +3,12 @@ training, with the teacher's N-best as targets.
 
 The pseudo-label shards written by `seqkd label` are streamed as the training dataset; Ray
 Data keeps the top-k hypotheses of each utterance next to its features, and `SequenceKD` is
-the objective the training loop calls instead of `GroundTruth`. The student must speak the
-teacher's tokenizer (hypotheses are token ids), so the labels' tokenizer is the run's.
+the objective the training loop calls instead of `GroundTruth`. A student of a seqkd teacher
+speaks the teacher's tokenizer (hypotheses are token ids), so the labels' tokenizer is the run's.
+A teacher of another vocabulary (Whisper) leaves its tokenizer.json, which no seqkd model speaks:
+its student learns its recipe's own sentencepiece model from the hypotheses' normalised text (no
+transcript read) and trains on that text re-tokenised; sequence-level KD works unchanged, and
+word- and frame-level KD, which compare distributions over the teacher's vocabulary, are refused.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from common.corpora.manifest import shard_paths
 from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
 from common.labels import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
-from trainer.data import Batch, PseudoLabels, bucketed, expanded
+from trainer.data import Batch, PseudoLabels, bucketed, expanded, target_text
 from trainer.recipe import Recipe
 from trainer.run import RunError, RunPaths, train
 
@@ -106,12 +110,19 @@ class SequenceKD:
 
 @dataclass(frozen=True)
 class Labels:
-    """A directory of pseudo-label shards, checked: who labelled it, with which tokenizer."""
+    """A directory of pseudo-label shards, checked: who labelled it, with which tokenizer
+    (None for a teacher of another vocabulary, whose tokenizer file is `tokenizer_file`)."""
 
     path: Path
     teacher_id: str
     decode: dict
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None
+    kind: str = "seqkd"
+    tokenizer_file: bytes = b""
+
+    @property
+    def foreign_vocabulary(self) -> bool:
+        return self.tokenizer is None
 
 
 def open_labels(path: str | Path) -> Labels:
@@ -127,7 +138,7 @@ def open_labels(path: str | Path) -> Labels:
         raise RunError(f"{path}: shard {missing[0]} has no `hyps` column: not pseudo labels "
                        f"(make them with `seqkd label`)")
     index = json.loads(index_path.read_text())
-    tok_path = path / LABELS_TOKENIZER
+    tok_path = path / index.get("tokenizer", LABELS_TOKENIZER)
     if not tok_path.exists() or "tokenizer_sha256" not in index:
         raise RunError(f"{path}: the labels do not record the teacher's tokenizer; "
                        f"label again with this version of `seqkd label`")
@@ -135,13 +146,17 @@ def open_labels(path: str | Path) -> Labels:
     if hashlib.sha256(proto).hexdigest() != index["tokenizer_sha256"]:
         raise RunError(f"{tok_path} is not the tokenizer the labels were made with "
                        f"(its sha256 differs from {LABELS_INDEX})")
-    return Labels(path, index["teacher_id"], index["decode"], Tokenizer(proto))
+    own = tok_path.name == LABELS_TOKENIZER
+    return Labels(path, index["teacher_id"], index["decode"], Tokenizer(proto) if own else None,
+                  index.get("teacher_kind", "seqkd"), proto)
 
 
 def check_tokenizer(labels: Labels, recipe: Recipe, run_dir: Path) -> None:
     """The student's token ids must mean what the teacher's do: it uses the teacher's tokenizer,
     which must be one the student's recipe describes (same kind, no more tokens than it allows)."""
     teacher, wanted = labels.tokenizer, recipe.tokenizer
+    if teacher is None:   # a teacher of another vocabulary: the student's own, made by `distill`
+        return
     if teacher.model_type != wanted.model_type or teacher.vocab_size > wanted.vocab_size:
         raise RunError(
             f"the student recipe asks for a {wanted.model_type} tokenizer of <= {wanted.vocab_size} "
@@ -161,8 +176,8 @@ def open_all(dirs: list[str | Path]) -> Labels:
     all_labels = [open_labels(d) for d in dirs]
     first = all_labels[0]
     for other in all_labels[1:]:
-        if (other.teacher_id, other.decode, other.tokenizer.proto) != \
-                (first.teacher_id, first.decode, first.tokenizer.proto):
+        if (other.teacher_id, other.decode, other.tokenizer_file) != \
+                (first.teacher_id, first.decode, first.tokenizer_file):
             raise RunError(f"{other.path} and {first.path} were labelled by different teachers or "
                            f"settings: distil from one teacher's labels at a time")
     return first
@@ -181,16 +196,33 @@ def distill(recipe: Recipe, labels_dir: str | Path | list, dev_dir: str | Path |
     if nbest is not None and pseudo.k > nbest:
         raise RunError(f"--k {pseudo.k} asks for more hypotheses than the labels hold "
                        f"(labelled with nbest {nbest})")
+    if objective.soft and labels.foreign_vocabulary:
+        raise RunError(f"--word-kd / --frame-kd compare distributions over the teacher's vocabulary, "
+                       f"and the labels in {labels.path} are by a {labels.kind} teacher of another "
+                       f"one: use sequence-level KD (--k, --weights) for such labels")
     if objective.soft and not labels.decode.get("topm"):
         raise RunError(f"--word-kd / --frame-kd need the teacher's top-M distributions, and the labels "
                        f"in {labels.path} have none: label again with `seqkd label --topm 8`")
-    pseudo = replace(pseudo, soft=objective.soft)
+    pseudo = replace(pseudo, soft=objective.soft, retokenize=labels.foreign_vocabulary)
+    tokenizer = labels.tokenizer
+    if tokenizer is None and not (RunPaths(Path(out)).frontend / "tokenizer.model").exists():
+        tokenizer = hypothesis_tokenizer(recipe, dirs, pseudo.k)
     kd = {"targets": "kd", "teacher_id": labels.teacher_id, "k": pseudo.k, "max_wer": pseudo.max_wer,
           "weights": objective.weights, "temperature": objective.temperature,
           "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target,
           "word_kd": objective.word_kd, "kd_temperature": objective.kd_temperature,
           "expand": objective.expand, "frame_kd": objective.frame_kd,
-          "label_beam": labels.decode.get("beam")}
+          "label_beam": labels.decode.get("beam"), "teacher_kind": labels.kind}
     summary = train(recipe, dirs, dev_dir, out, resume=resume, objective=objective,
-                    tokenizer=labels.tokenizer, pseudo=pseudo, extra_meta=kd)
+                    tokenizer=tokenizer, pseudo=pseudo, extra_meta=kd)
     return {**summary, **kd}
+
+
+def hypothesis_tokenizer(recipe: Recipe, dirs: list, k: int) -> Tokenizer:
+    """The recipe's sentencepiece model learnt from the top-k hypotheses' normalised text: what a
+    student of a teacher of another vocabulary trains on (no transcript is read)."""
+    drop = recipe.data.remove_non_language
+    texts = [target_text(h["text"], drop) for d in dirs for shard in shard_paths(d)
+             for hyps in pq.read_table(shard, columns=["hyps"]).column("hyps").to_pylist()
+             for h in (hyps or [])[:k]]
+    return Tokenizer.train(texts, recipe.tokenizer.vocab_size, recipe.tokenizer.model_type)

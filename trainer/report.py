@@ -3,7 +3,9 @@
 Every bundle is decoded with the same beam settings on the same manifest. Evaluations are
 cached in OUT/evals/ under the bundle id, the test set and the settings, so a re-run (or a
 resumed demo) decodes only what changed. The teacher is named, or found as the bundle the KD
-students name as theirs, or else taken to be the largest model.
+students name as theirs, or else taken to be the largest model. It may be a teacher seqkd did
+not train (a Whisper CTranslate2 directory): it is decoded with the same beam without what it
+lacks (no CTC weight), and its text scored after the same normalisation as its labels.
 
 A claim that a KD student beats its ground-truth twin (the GT student of the same recipe) comes
 with a paired bootstrap over the test utterances: the 95% interval of the WER difference and a
@@ -16,15 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from common.beam_search import BeamConfig
-from common.bundle import BundleError, bundle_id, disk_bytes, find_bundle, model_form, model_name
+from common.bundle import BundleError, disk_bytes, find_bundle, model_form, model_name
 from common.metrics import bootstrap_wer, utterance_errors
+from common.teachers import teacher_id, teacher_kind
+from common.whisper import KIND as WHISPER
 from trainer.evaluate import evaluate, write_evaluation
 
 ROLES = ("teacher", "gt", "kd")
@@ -62,6 +66,8 @@ class Row:
 
 
 def targets_label(meta: dict) -> str:
+    if meta.get("targets") == "pretrained":
+        return "pretrained"
     if meta.get("targets") != "kd":
         return "GT"
     extra = []
@@ -88,7 +94,9 @@ def targets_label(meta: dict) -> str:
 def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[dict, dict]:
     """result.json of `bundle` on `test` (decoded now, or reused from an identical earlier run)
     and, per utterance id, its (word errors, reference words)."""
-    key = hashlib.sha256(json.dumps([bundle_id(bundle), str(test.resolve()), asdict(cfg)])
+    if teacher_kind(bundle) == WHISPER:   # no CTC head, no distributions: its own beam search
+        cfg = replace(cfg, ctc_weight=0.0, topm=0)
+    key = hashlib.sha256(json.dumps([teacher_id(bundle), str(test.resolve()), asdict(cfg)])
                          .encode()).hexdigest()[:16]
     where = cache / f"{model_name(bundle)}-{key}"
     if not (where / "result.json").exists():   # on the CPU: RTFs of PyTorch and exported forms compare
@@ -110,8 +118,8 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
     if teacher is not None and find_bundle(teacher) not in bundles:
         bundles.insert(0, find_bundle(teacher))
     try:
-        metas = {b: json.loads((b / "meta.json").read_text()) for b in bundles}
-        ids = {b: bundle_id(b) for b in bundles}
+        metas = {b: model_meta(b) for b in bundles}
+        ids = {b: teacher_id(b) for b in bundles}
     except (OSError, BundleError) as exc:
         raise ReportError(f"not a model bundle: {exc}") from None
     names = [model_name(b) for b in bundles]
@@ -142,7 +150,8 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
                         rel_wer=(r["wer"] - top["wer"]) / top["wer"] if top["wer"] else None,
                         rtf=r["rtf"], bundle=str(b), recipe=meta.get("recipe", ""),
                         steps=meta.get("steps"), train_s=meta.get("train_seconds"),
-                        wer_ci95=bootstrap_wer(list(errors), list(words)).ci95, form=model_form(meta),
+                        wer_ci95=bootstrap_wer(list(errors), list(words)).ci95,
+                        form=meta.get("form") or model_form(meta),
                         size_mb=round(disk_bytes(b) / 1e6, 3),
                         recorded_wer=on_recorded[b]["wer"] if on_recorded else None,
                         recorded_cer=on_recorded[b]["cer"] if on_recorded else None))
@@ -158,6 +167,14 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
                 twin.name, diff.value, diff.ci95, diff.p_value
     order = {role: i for i, role in enumerate(ROLES)}
     return sorted(rows, key=lambda row: (-row.params, order[row.role], row.name))
+
+
+def model_meta(bundle: Path) -> dict:
+    """A bundle's meta.json; for a Whisper teacher, which has none, what the table shows of it
+    (scored on the CPU, where CTranslate2's compute type is int8)."""
+    if teacher_kind(bundle) == WHISPER:
+        return {"targets": "pretrained", "recipe": "whisper", "form": "ctranslate2 int8"}
+    return json.loads((bundle / "meta.json").read_text())
 
 
 def gt_twin(row: Row, rows: list[Row]) -> Row | None:
