@@ -13,7 +13,8 @@ seqkd kinds `bundle_id`'s; for Whisper model.bin, config.json, tokenizer.json an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from common.beam_search import BeamConfig
 from common.bundle import (EXPORT_FILES, EXPORT_KIND, FILES, SEQKD_KIND, BundleError, bundle_id,
                            is_exported, load_model)
 from common.transcriber import Transcript, Transcriber
+from common.whisper_transcriber import check_config as check_whisper_config
 
 KINDS = (SEQKD_KIND, EXPORT_KIND, whisper.KIND)
 
@@ -46,8 +48,6 @@ class TeacherTranscriber(Protocol):
                          batch_size: int | None = None) -> list[Transcript]: ...
 
     def normalise(self, text: str) -> str: ...
-
-    def check_config(self, cfg: BeamConfig) -> None: ...
 
     def describe(self) -> dict: ...
 
@@ -90,12 +90,32 @@ class TeacherFiles:
     def foreign_vocabulary(self) -> bool:
         return self.kind == whisper.KIND
 
+    def check_config(self, cfg: BeamConfig) -> None:
+        """A ValueError line for settings this teacher cannot decode with (before any work)."""
+        if self.foreign_vocabulary:
+            check_whisper_config(cfg)
+        else:
+            cfg.validate()
+
+    def fitted(self, cfg: BeamConfig) -> BeamConfig:
+        """`cfg` less what this teacher lacks (Whisper: the CTC weight and the top-M), so that
+        models of every kind are compared at the same beam."""
+        return replace(cfg, ctc_weight=0.0, topm=0) if self.foreign_vocabulary else cfg
+
 
 def teacher_files(path: str | Path) -> TeacherFiles:
     """The teacher of `path`'s kind, id and tokenizer, without loading the model."""
     kind = teacher_kind(path)
     name = whisper.TOKENIZER if kind == whisper.KIND else "tokenizer.model"
     return TeacherFiles(kind, teacher_id(path), name, (Path(path) / name).read_bytes())
+
+
+def teacher_meta(path: str | Path) -> dict:
+    """A seqkd bundle's meta.json (how it was trained); for a teacher seqkd did not train
+    (Whisper), what a report shows of it instead."""
+    if teacher_kind(path) == whisper.KIND:
+        return {"targets": "pretrained", "recipe": "whisper", "form": "ctranslate2"}
+    return json.loads((Path(path) / "meta.json").read_text())
 
 
 def check_teacher(path: str | Path) -> None:

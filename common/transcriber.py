@@ -86,11 +86,6 @@ class Transcriber:
                 "device": str(self.device)}
 
     @staticmethod
-    def check_config(cfg: BeamConfig) -> None:
-        """A ValueError line for settings this model cannot decode with (before any work)."""
-        cfg.validate()
-
-    @staticmethod
     def normalise(text: str) -> str:
         """A seqkd model writes its training corpus's own form: nothing to change."""
         return text

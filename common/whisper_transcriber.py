@@ -51,11 +51,6 @@ class WhisperTranscriber:
 
             self.normalise = BasicTextNormalizer(preserve_marks=True)
 
-    @staticmethod
-    def check_config(cfg: BeamConfig) -> None:
-        """A ValueError line for what Whisper lacks (a CTC head, per-position distributions)."""
-        check_config(cfg)
-
     def describe(self) -> dict:
         """What a service tells its clients of the model, as `Transcriber.describe` does."""
         m = self.model

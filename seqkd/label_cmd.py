@@ -64,8 +64,7 @@ def resources(text: str) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from common.bundle import BundleError, find_bundle
     from common.config import ConfigError
-    from common.teachers import teacher_kind
-    from common.whisper import KIND as WHISPER
+    from common.teachers import teacher_files
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
     from services.labeling import LabelError, label, weak_teacher
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         topm = args.topm
         if topm is None:
-            topm = 0 if bundle and teacher_kind(bundle) == WHISPER else 8
+            topm = 0 if bundle and teacher_files(bundle).foreign_vocabulary else 8
         cfg = replace(beam_config(args), topm=topm)
         connect(args.address)
         summary = label(bundle, args.data, args.out, cfg, args.batch_size, args.concurrency,

@@ -294,10 +294,10 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     settings = asdict(decode)
     out = Path(out)
     teacher = _teacher(bundle, via_serve)
-    if teacher.foreign_vocabulary and (decode.topm or decode.ctc_weight):
-        raise LabelError(f"a {teacher.kind} teacher has no CTC head and gives no per-position "
-                         f"distributions: label it with --topm 0 and --ctc-weight 0 (sequence-level "
-                         f"KD only)")
+    try:
+        teacher.check_config(decode)
+    except ValueError as exc:
+        raise LabelError(f"{exc}; label this teacher with --topm 0 and --ctc-weight 0") from None
     teacher_id = teacher.teacher_id
     inputs = {p.name: p for p in good}
     out.mkdir(parents=True, exist_ok=True)

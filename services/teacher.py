@@ -184,7 +184,7 @@ class Teacher:
             audio, options = await parse(request, self.limits)
             cfg = options.beam_config()
             try:
-                self.transcriber.check_config(cfg)
+                self.files.check_config(cfg)
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
             try:

@@ -26,6 +26,7 @@ from tests.test_whisper_teacher import (PROMPTS, TINY_EN_PARAMS, prompt_wave, re
                                         reference, whisper_dir)
 from trainer.data import FrontEnd, PseudoLabels, featurize
 from trainer.distill import SequenceKD, distill, hypothesis_tokenizer
+from trainer.report import build_report
 from trainer.run import RunError
 
 pytestmark = pytest.mark.slow
@@ -84,15 +85,22 @@ def test_foreign_labels_refuse_distributions_in_one_line(whisper_labels, whisper
             distill(recipe, whisper_labels, None, tmp_path / "run", PseudoLabels(k=2), objective)
         assert "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()                         # refused before any work
-    with pytest.raises(LabelError, match="no CTC head .* --topm 0"):
+    with pytest.raises(LabelError, match="gives no per-position distributions.*--topm 0 and --ctc-weight 0"):
         label(whisper_dir, synth_corpus[0] / "dev", tmp_path / "soft", BeamConfig(beam=2, topm=4),
               show_progress=False)
 
 
-def test_a_student_distils_whisper_in_its_own_vocabulary(whisper_labels, whisper_dir, tmp_path):
+@pytest.fixture(scope="module")
+def whisper_student(whisper_labels, tmp_path_factory):
+    """A tiny student distilled from Whisper's 2-best (6 steps), in its own unigram vocabulary."""
     recipe = student_recipe(40, model_type="unigram")
-    out = tmp_path / "student"
+    out = tmp_path_factory.mktemp("whisper") / "student"
     summary = distill(recipe, whisper_labels, None, out, PseudoLabels(k=2), SequenceKD())
+    return recipe, out, summary
+
+
+def test_a_student_distils_whisper_in_its_own_vocabulary(whisper_student, whisper_labels, whisper_dir):
+    recipe, out, summary = whisper_student
     student = load_bundle(out / "bundle")
     assert summary["steps"] == 6 and student.meta["teacher_kind"] == "whisper-ct2"
     assert student.meta["teacher_id"] == teacher_id(whisper_dir) and student.meta["targets"] == "kd"
@@ -108,6 +116,19 @@ def test_a_student_distils_whisper_in_its_own_vocabulary(whisper_labels, whisper
     hyps = {r["utt_id"]: r["hyps"] for r in table.to_pylist()}
     assert rows and all(r["hyp_tokens"] == [student.tokenizer.encode(h["text"]) for h in hyps[r["utt_id"]][:2]]
                         for r in rows)
+
+
+def test_report_finds_whisper_as_the_students_teacher(whisper_student, whisper_dir, recorded, tmp_path):
+    _, out, _ = whisper_student
+    rows = {r.role: r for r in build_report([out, whisper_dir], recorded, BeamConfig(beam=2, ctc_weight=0.3),
+                                            tmp_path / "report")}
+    teacher, student = rows["teacher"], rows["kd"]
+    assert teacher.bundle == str(whisper_dir) and teacher.targets == "pretrained"
+    assert teacher.form == "ctranslate2" and teacher.params == TINY_EN_PARAMS
+    assert teacher.wer == 0.0                     # scored at beam 2 without the CTC weight it lacks
+    assert student.compression == pytest.approx(TINY_EN_PARAMS / student.params)
+    cached = sorted(p.name for p in (tmp_path / "report" / "evals").iterdir())
+    assert len(cached) == 2 and any(name.startswith("model-") for name in cached)
 
 
 def test_seqkd_serve_answers_an_http_upload_with_whispers_nbest(ray_local, whisper_dir):

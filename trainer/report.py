@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -27,8 +27,7 @@ from rich.table import Table
 from common.beam_search import BeamConfig
 from common.bundle import BundleError, disk_bytes, find_bundle, model_form, model_name
 from common.metrics import bootstrap_wer, utterance_errors
-from common.teachers import teacher_id, teacher_kind
-from common.whisper import KIND as WHISPER
+from common.teachers import teacher_files, teacher_id, teacher_meta
 from trainer.evaluate import evaluate, write_evaluation
 
 ROLES = ("teacher", "gt", "kd")
@@ -94,9 +93,9 @@ def targets_label(meta: dict) -> str:
 def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[dict, dict]:
     """result.json of `bundle` on `test` (decoded now, or reused from an identical earlier run)
     and, per utterance id, its (word errors, reference words)."""
-    if teacher_kind(bundle) == WHISPER:   # no CTC head, no distributions: its own beam search
-        cfg = replace(cfg, ctc_weight=0.0, topm=0)
-    key = hashlib.sha256(json.dumps([teacher_id(bundle), str(test.resolve()), asdict(cfg)])
+    files = teacher_files(bundle)
+    cfg = files.fitted(cfg)   # the same beam, less what a teacher of another kind lacks
+    key = hashlib.sha256(json.dumps([files.teacher_id, str(test.resolve()), asdict(cfg)])
                          .encode()).hexdigest()[:16]
     where = cache / f"{model_name(bundle)}-{key}"
     if not (where / "result.json").exists():   # on the CPU: RTFs of PyTorch and exported forms compare
@@ -118,7 +117,7 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
     if teacher is not None and find_bundle(teacher) not in bundles:
         bundles.insert(0, find_bundle(teacher))
     try:
-        metas = {b: model_meta(b) for b in bundles}
+        metas = {b: teacher_meta(b) for b in bundles}
         ids = {b: teacher_id(b) for b in bundles}
     except (OSError, BundleError) as exc:
         raise ReportError(f"not a model bundle: {exc}") from None
@@ -167,14 +166,6 @@ def build_report(paths: list[str | Path], test: str | Path, cfg: BeamConfig, out
                 twin.name, diff.value, diff.ci95, diff.p_value
     order = {role: i for i, role in enumerate(ROLES)}
     return sorted(rows, key=lambda row: (-row.params, order[row.role], row.name))
-
-
-def model_meta(bundle: Path) -> dict:
-    """A bundle's meta.json; for a Whisper teacher, which has none, what the table shows of it
-    (scored on the CPU, where CTranslate2's compute type is int8)."""
-    if teacher_kind(bundle) == WHISPER:
-        return {"targets": "pretrained", "recipe": "whisper", "form": "ctranslate2 int8"}
-    return json.loads((bundle / "meta.json").read_text())
 
 
 def gt_twin(row: Row, rows: list[Row]) -> Row | None:
