@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.ctc_prefix import CTCPrefixScorer, select_state
+from common.ctc_prefix import CTCPrefixScorer, CTCState, select_state
 from common.models.rows import select_rows
 from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
 
@@ -86,6 +86,35 @@ def ctc_candidate_count(cfg: BeamConfig, vocab: int) -> int:
     return min(vocab, int(math.ceil(cfg.ctc_candidates * cfg.beam)))
 
 
+@dataclass
+class _Rows:
+    """The search's per-row tensors (row = live utterance x beam), selected together."""
+
+    memory: object                  # the decoder's prepared encoder output
+    state: object                   # the decoder's recurrent state
+    scores: torch.Tensor            # (N,) accumulated log-probabilities
+    history: torch.Tensor           # (N, t) tokens so far
+    last: torch.Tensor              # (N,) the last token
+    top_ids: torch.Tensor           # (N, t, M) the decoder's top-M per position (topm > 0)
+    top_lp: torch.Tensor            # (N, t, M)
+    scorer: CTCPrefixScorer | None  # joint CTC decoding only
+    ctc_state: CTCState | None
+
+    def compact(self, keep: torch.Tensor, decoder, frames: int | None) -> None:
+        """Keep rows `keep` (of the utterances still live), then drop the time steps past the
+        longest remaining utterance (`frames`; None when none remains)."""
+        self.memory, self.state = select_rows(self.memory, keep), select_rows(self.state, keep)
+        self.scores, self.history, self.last = self.scores[keep], self.history[keep], self.last[keep]
+        self.top_ids, self.top_lp = self.top_ids[keep], self.top_lp[keep]
+        if self.scorer is not None:
+            self.scorer = self.scorer.select_rows(keep)
+            self.ctc_state = select_state(self.ctc_state, keep)
+        if frames is not None:
+            self.memory, self.state = decoder.trim_time(self.memory, self.state, frames)
+            if self.scorer is not None:
+                self.scorer, self.ctc_state = self.scorer.trim_time(self.ctc_state, frames)
+
+
 @torch.no_grad()
 def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfig,
                 ctc_scorer: type[CTCPrefixScorer] = CTCPrefixScorer) -> list[list[Hypothesis]]:
@@ -99,48 +128,22 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfi
     limit = torch.tensor(max_lengths(enc_lens, cfg.max_len_ratio), device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # done utterances may still hold rows
-
     active = torch.arange(batch, device=device)          # original ids of live utterances
-    rows = active.repeat_interleave(k)
-    memory = model.decoder.prepare(enc.index_select(0, rows), enc_lens.index_select(0, rows))
-    state = model.decoder.init_state(memory)
-    scores = torch.full((batch, k), NEG_INF, device=device)
-    scores[:, 0] = 0.0
-    scores = scores.view(-1)
-    history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
-    last = torch.full((batch * k,), SOS_ID, dtype=torch.long, device=device)
-    topm = min(cfg.topm, vocab)
-    top_ids = torch.zeros(batch * k, 0, topm, dtype=torch.long, device=device)   # (N, t, M)
-    top_lp = torch.zeros(batch * k, 0, topm, device=device)                      # (N, t, M)
-    use_ctc = cfg.ctc_weight > 0
-    if use_ctc:
-        ctc_logp = model.ctc_log_probs(enc).index_select(0, rows)
-        scorer = ctc_scorer(ctc_logp, enc_lens.index_select(0, rows))
-        ctc_state = scorer.initial_state()
-        n_cand = ctc_candidate_count(cfg, vocab)
+    b = _initial_rows(model, enc, enc_lens, active.repeat_interleave(k), cfg, ctc_scorer)
+    topm, n_cand = min(cfg.topm, vocab), ctc_candidate_count(cfg, vocab)
 
     step = 0
     while active.numel():
         n_utt = active.numel()
-        att, new_state = model.decoder.step(last, state, memory)   # (N, V)
+        att, new_state = model.decoder.step(b.last, b.state, b.memory)   # (N, V)
         if topm:   # the decoder's own distribution, before the search masks or mixes it
-            step_lp, step_ids = att.topk(topm, dim=1)                    # (N, M)
-            top_lp = torch.cat([top_lp, step_lp.unsqueeze(1)], dim=1)    # (N, t + 1, M)
-            top_ids = torch.cat([top_ids, step_ids.unsqueeze(1)], dim=1)
+            step_lp, step_ids = att.topk(topm, dim=1)                      # (N, M)
+            b.top_lp = torch.cat([b.top_lp, step_lp.unsqueeze(1)], dim=1)  # (N, t + 1, M)
+            b.top_ids = torch.cat([b.top_ids, step_ids.unsqueeze(1)], dim=1)
         att[:, BLANK_ID] = NEG_INF
-        if use_ctc:
-            cand = pick_ctc_candidates(att, n_cand)                      # (N, C)
-            delta, extension = scorer.score(ctc_state, cand)
-            joint = torch.full_like(att, NEG_INF)
-            joint.scatter_(1, cand, (1 - cfg.ctc_weight) * att.gather(1, cand) + cfg.ctc_weight * delta)
-        else:
-            joint = att
-        at_limit = (limit.index_select(0, active) <= step + 1).repeat_interleave(k)  # (N,)
-        if bool(at_limit.any()):
-            eos_col = joint[:, EOS_ID].clone()
-            joint[at_limit] = NEG_INF
-            joint[:, EOS_ID] = eos_col
-        total = (scores.unsqueeze(1) + joint).view(n_utt, k * vocab)
+        joint, cand, extension = _joint(att, b, cfg, n_cand)
+        _force_end(joint, (limit.index_select(0, active) <= step + 1).repeat_interleave(k))
+        total = (b.scores.unsqueeze(1) + joint).view(n_utt, k * vocab)
         top_scores, top_idx = total.topk(2 * k, dim=1)               # (U, 2k), best first
         src = top_idx // vocab + (torch.arange(n_utt, device=device) * k).unsqueeze(1)
         tok = top_idx % vocab
@@ -149,19 +152,19 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfi
         ends = is_eos & (torch.arange(2 * k, device=device) < k) & torch.isfinite(top_scores)
         ends &= ~done.index_select(0, active).unsqueeze(1)
         if bool(ends.any()):
-            _collect(finished, active, ends, src, top_scores, history, cfg,
-                     (top_ids, top_lp) if topm else None)
+            _collect(finished, active, ends, src, top_scores, b.history, cfg,
+                     (b.top_ids, b.top_lp) if topm else None)
         keep = ~is_eos
         keep &= (keep.cumsum(1) <= k)
         new_rows, new_tok = src[keep], tok[keep]                   # (U * k,), utterance-major
-        scores = top_scores[keep]
-        state = select_rows(new_state, new_rows)
-        history = torch.cat([history.index_select(0, new_rows), new_tok.unsqueeze(1)], dim=1)
-        top_ids, top_lp = top_ids.index_select(0, new_rows), top_lp.index_select(0, new_rows)
-        last = new_tok
-        if use_ctc:
+        b.scores = top_scores[keep]
+        b.state = select_rows(new_state, new_rows)
+        b.history = torch.cat([b.history.index_select(0, new_rows), new_tok.unsqueeze(1)], dim=1)
+        b.top_ids, b.top_lp = b.top_ids.index_select(0, new_rows), b.top_lp.index_select(0, new_rows)
+        b.last = new_tok
+        if b.scorer is not None:
             col = _candidate_column(cand, new_rows, new_tok)
-            ctc_state = scorer.select(extension, new_rows, col, new_tok, step + 1)
+            b.ctc_state = b.scorer.select(extension, new_rows, col, new_tok, step + 1)
         step += 1
 
         for u in active.tolist():
@@ -170,21 +173,51 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfi
         live = ~done.index_select(0, active)
         if int(live.sum()) <= (3 * n_utt) // 4:  # compact lazily: copies cost as much as steps
             keep_rows = (live.nonzero().squeeze(1) * k).unsqueeze(1) + torch.arange(k, device=device)
-            keep_rows = keep_rows.reshape(-1)
             active = active[live]
-            memory, state = select_rows(memory, keep_rows), select_rows(state, keep_rows)
-            scores, history, last = scores[keep_rows], history[keep_rows], last[keep_rows]
-            top_ids, top_lp = top_ids[keep_rows], top_lp[keep_rows]
-            if use_ctc:
-                scorer = scorer.select_rows(keep_rows)
-                ctc_state = select_state(ctc_state, keep_rows)
-            if active.numel():  # drop the padding of the utterances that left
-                frames = int(enc_lens.index_select(0, active).max())
-                memory, state = model.decoder.trim_time(memory, state, frames)
-                if use_ctc:
-                    scorer, ctc_state = scorer.trim_time(ctc_state, frames)
+            # drop the padding of the utterances that left
+            frames = int(enc_lens.index_select(0, active).max()) if active.numel() else None
+            b.compact(keep_rows.reshape(-1), model.decoder, frames)
 
     return [nbest(hyps, cfg.nbest) for hyps in finished]
+
+
+def _initial_rows(model, enc: torch.Tensor, enc_lens: torch.Tensor, rows: torch.Tensor, cfg: BeamConfig,
+                  ctc_scorer: type[CTCPrefixScorer]) -> _Rows:
+    """Every utterance's beam of rows before the first step: one live hypothesis (<s>) each."""
+    n, k, device = rows.numel(), cfg.beam, enc.device
+    memory = model.decoder.prepare(enc.index_select(0, rows), enc_lens.index_select(0, rows))
+    scores = torch.full((n // k, k), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    topm = min(cfg.topm, model.vocab_size)
+    scorer = ctc_state = None
+    if cfg.ctc_weight > 0:
+        scorer = ctc_scorer(model.ctc_log_probs(enc).index_select(0, rows), enc_lens.index_select(0, rows))
+        ctc_state = scorer.initial_state()
+    return _Rows(memory=memory, state=model.decoder.init_state(memory), scores=scores.view(-1),
+                 history=torch.zeros(n, 0, dtype=torch.long, device=device),
+                 last=torch.full((n,), SOS_ID, dtype=torch.long, device=device),
+                 top_ids=torch.zeros(n, 0, topm, dtype=torch.long, device=device),   # (N, t, M)
+                 top_lp=torch.zeros(n, 0, topm, device=device), scorer=scorer, ctc_state=ctc_state)
+
+
+def _joint(att: torch.Tensor, b: _Rows, cfg: BeamConfig, n_cand: int):
+    """(N, V) attention log-probs -> the step's joint scores (N, V), and for joint CTC decoding
+    the candidates scored (N, C) and the scorer's extension (for the rows kept)."""
+    if b.scorer is None:
+        return att, None, None
+    cand = pick_ctc_candidates(att, n_cand)                      # (N, C)
+    delta, extension = b.scorer.score(b.ctc_state, cand)
+    joint = torch.full_like(att, NEG_INF)
+    joint.scatter_(1, cand, (1 - cfg.ctc_weight) * att.gather(1, cand) + cfg.ctc_weight * delta)
+    return joint, cand, extension
+
+
+def _force_end(joint: torch.Tensor, at_limit: torch.Tensor) -> None:
+    """Rows at their utterance's maximum length may only end: every score but </s>'s is -inf."""
+    if bool(at_limit.any()):
+        eos_col = joint[:, EOS_ID].clone()
+        joint[at_limit] = NEG_INF
+        joint[:, EOS_ID] = eos_col
 
 
 def nbest(finished: list[Hypothesis], n: int) -> list[Hypothesis]:
