@@ -67,7 +67,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     opt_cfg = recipe.optim
     device = ray.train.torch.get_device()
-    tokenizer = tokenizer_of(front)
     if rank == 0:
         warm_up_featurizer()
     # The optimizer's first use imports torch._dynamo, 1.3 s of CPU. Imported now, that overlaps the
@@ -82,88 +81,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         started(training_pools(train_shard, opt_cfg.bucket_utts))
     dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
         else None
-
-    torch.manual_seed(opt_cfg.seed)   # the same initial weights on every worker and every run
-    model = Seq2Seq(recipe.model, recipe.features.n_mels, tokenizer.vocab_size)
-    progress = Progress()
-    best_state: dict[str, torch.Tensor] | None = None
-    if restored is not None:
-        with restored.as_directory() as ckpt:
-            model.load_state_dict(load_file(os.path.join(ckpt, "bundle", "model.safetensors")))
-            progress = Progress(**json.loads(Path(ckpt, "progress.json").read_text()))
-            train_state = torch.load(os.path.join(ckpt, "train_state.pt"), weights_only=True)
-            if Path(ckpt, "best", "model.safetensors").exists():
-                best_state = load_file(os.path.join(ckpt, "best", "model.safetensors"))
-    model = ray.train.torch.prepare_model(model)
-    core: Seq2Seq = getattr(model, "module", model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, opt_cfg.warmup_steps))
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    if restored is not None:
-        optimizer.load_state_dict(train_state["optimizer"])
-        schedule.load_state_dict(train_state["schedule"])
-        scaler.load_state_dict(train_state["scaler"])
-    augment = SpecAugment(recipe.specaugment).to(device)
-    augment.train(opt_cfg.specaugment)
+    t = _Trainee.build(recipe, tokenizer_of(front).vocab_size, restored, device)
     objective = parts["objective"] or GroundTruth()
 
-    fail_at = int(os.environ.get(FAIL_ENV, "0"))
     fail_marker = Path(config["run_dir"], ".fault_injected")
     max_steps = opt_cfg.max_steps or math.inf
     window = _Window()
     cache = FeatureCache(recipe.data.cache_mb << 20)
     threads = recipe.scaling.cpu_threads or _cores_per_worker(ctx.get_local_world_size())
+    progress = t.progress
 
     def checkpoint(metrics: dict, name: str) -> None:
-        _report(metrics, name, core, front, progress, best_state, optimizer, schedule, scaler,
+        _report(metrics, name, t.core, front, progress, t.best_state, t.optimizer, t.schedule, t.scaler,
                 rank, config)
 
     stopped = progress.stopped_early
     while progress.epoch < opt_cfg.epochs and not stopped:
         rng = random.Random(f"{opt_cfg.seed}:{progress.epoch}:{rank}")
         short_first = progress.epoch < opt_cfg.short_first_epochs
-        if not cache.ready:
-            stream = first_pass or training_pools(train_shard, opt_cfg.bucket_utts)
-            first_pass = None
-            # featurising first pays when the cached epoch then trains on more threads than the one
-            # the worker has beside the data tasks, and a short-first epoch needs the whole pass;
-            # else training overlaps the stream
-            prefill = short_first or threads > torch.get_num_threads()
-            pools = cache.prefill(stream) if prefill else cache.record(stream)
-        if cache.ready:   # no more data tasks on this node: the worker takes its share of the cores
-            torch.set_num_threads(threads)
-            pools = cache.replay()
-            if short_first:   # the whole pass as one pool (over the cache's limit: pool by pool)
-                pools = iter([pa.concat_tables(list(pools))])
+        pools = _epoch_pools(cache, first_pass or (lambda: training_pools(train_shard, opt_cfg.bucket_utts)),
+                             threads, short_first)
+        first_pass = None
         batches = objective.batches(pools, opt_cfg.max_frames, recipe.features.n_mels,
                                     None if short_first else rng)
         for _ in range(progress.batch_in_epoch):   # resuming mid-epoch: skip what was trained
             next(batches, None)
         for batch in _in_step(batches, world, device):
-            model.train()
-            torch.manual_seed(opt_cfg.seed * 1_000_003 + progress.step * world + rank)
-            feats = augment(batch.feats.to(device), batch.lens.to(device))
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                losses = objective.loss(model, feats, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            progress.step += 1
-            progress.batch_in_epoch += 1
-            window.add(batch, losses, float(grad_norm))
-            if fail_at and progress.step == fail_at and not fail_marker.exists():
-                fail_marker.write_text(str(progress.step))
-                os._exit(1)   # a worker dies without warning, as a preempted node would
+            losses, grad_norm = t.step(objective, batch, opt_cfg, world, rank)
+            window.add(batch, losses, grad_norm)
+            _inject_fault(progress.step, fail_marker)
             stopped = progress.step >= max_steps
             if progress.step % opt_cfg.log_every == 0 or stopped:
                 metrics = {"kind": "train", "step": progress.step, "epoch": progress.epoch,
-                           "lr": schedule.get_last_lr()[0], **window.flush(world, device)}
+                           "lr": t.schedule.get_last_lr()[0], **window.flush(world, device)}
                 if progress.step % opt_cfg.checkpoint_every == 0 and not stopped:
                     checkpoint(metrics, f"step-{progress.step:08d}")
                 else:
@@ -172,32 +122,125 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 break
         epoch_done = not stopped
         if epoch_done:
-            # the pools this worker had beyond the others' (_in_step stops at the first to run
-            # out): read on, untrained and uncollated, so that its pass is whole and cached like
-            # the others'. Else it streams the next epoch from a split that the others, replaying,
-            # never read again, and waits for them for ever.
+            # read on, untrained, the pools this worker had beyond the others' (_in_step stops at the
+            # first to run out), so its pass is cached whole like theirs; else it streams the next
+            # epoch from a split the others, replaying, never read again, and waits for ever
             for _ in pools:
                 pass
             progress.epoch += 1
             epoch_steps, progress.batch_in_epoch = progress.batch_in_epoch, 0
         dev_began = time.perf_counter()
-        scores = dev.evaluate(core, opt_cfg.dev_beam, device) if dev is not None else {}
-        if scores:
-            progress.history.append({"epoch": progress.epoch, "step": progress.step, **scores})
-            if scores["dev_wer"] < progress.best_dev_wer:
-                progress.best_dev_wer, progress.best_step = scores["dev_wer"], progress.step
-                progress.best_epoch = progress.epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
-            elif opt_cfg.patience and progress.epoch - progress.best_epoch >= opt_cfg.patience:
-                progress.stopped_early = stopped = True
+        scores = t.score_dev(dev, opt_cfg) if dev is not None else {}
+        stopped = stopped or progress.stopped_early
         timing = {"dev_s": round(time.perf_counter() - dev_began, 2)} if scores else {}
-        # a whole epoch's batches: the same count every epoch (the pools are fixed, only their
-        # order is shuffled), so the driver's progress bar learns the run's exact length
+        # batches per epoch are fixed (only their order is shuffled): the driver's bar learns the run's length
         counted = {"epoch_steps": epoch_steps} if epoch_done else {}
         checkpoint({"kind": "epoch", "step": progress.step, "epoch": progress.epoch, **scores,
                     **timing, **counted}, f"epoch-{progress.epoch:04d}-step-{progress.step:08d}")
     return {"steps": progress.step, "epochs": progress.epoch, "best_dev_wer": progress.best_dev_wer,
             "best_step": progress.best_step, "stopped_early": progress.stopped_early}
+
+
+def _inject_fault(step: int, marker: Path) -> None:
+    """For tests: once, after step $SEQKD_FAIL_AT_STEP, the worker dies without warning, as a
+    preempted node would."""
+    fail_at = int(os.environ.get(FAIL_ENV, "0"))
+    if fail_at and step == fail_at and not marker.exists():
+        marker.write_text(str(step))
+        os._exit(1)
+
+
+def _epoch_pools(cache: FeatureCache, stream, threads: int, short_first: bool):
+    """One epoch's pools of featurised utterances: streamed (and cached) on the first pass,
+    replayed from the cache after it. `stream` is the first pass already started, or a
+    function that starts one."""
+    if not cache.ready:
+        stream = stream() if callable(stream) else stream
+        # featurising first pays when the cached epoch then trains on more threads than the one
+        # the worker has beside the data tasks, and a short-first epoch needs the whole pass;
+        # else training overlaps the stream
+        prefill = short_first or threads > torch.get_num_threads()
+        pools = cache.prefill(stream) if prefill else cache.record(stream)
+    if cache.ready:   # no more data tasks on this node: the worker takes its share of the cores
+        torch.set_num_threads(threads)
+        pools = cache.replay()
+        if short_first:   # the whole pass as one pool (over the cache's limit: pool by pool)
+            pools = iter([pa.concat_tables(list(pools))])
+    return pools
+
+
+@dataclass
+class _Trainee:
+    """The model and what updates it, built fresh (the seed's weights) or from a checkpoint."""
+
+    model: torch.nn.Module         # wrapped for DDP where there are several workers
+    core: Seq2Seq                  # the model itself
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: SpecAugment
+    device: torch.device
+    progress: Progress
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def build(cls, recipe: Recipe, vocab_size: int, restored, device: torch.device) -> "_Trainee":
+        opt_cfg = recipe.optim
+        torch.manual_seed(opt_cfg.seed)   # the same initial weights on every worker and every run
+        model = Seq2Seq(recipe.model, recipe.features.n_mels, vocab_size)
+        progress, best_state, train_state = Progress(), None, None
+        if restored is not None:
+            with restored.as_directory() as ckpt:
+                model.load_state_dict(load_file(os.path.join(ckpt, "bundle", "model.safetensors")))
+                progress = Progress(**json.loads(Path(ckpt, "progress.json").read_text()))
+                train_state = torch.load(os.path.join(ckpt, "train_state.pt"), weights_only=True)
+                if Path(ckpt, "best", "model.safetensors").exists():
+                    best_state = load_file(os.path.join(ckpt, "best", "model.safetensors"))
+        model = ray.train.torch.prepare_model(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opt_cfg.warmup_steps))
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        if train_state is not None:
+            optimizer.load_state_dict(train_state["optimizer"])
+            schedule.load_state_dict(train_state["schedule"])
+            scaler.load_state_dict(train_state["scaler"])
+        augment = SpecAugment(recipe.specaugment).to(device)
+        augment.train(opt_cfg.specaugment)
+        return cls(model, getattr(model, "module", model), optimizer, schedule, scaler, augment, device,
+                   progress, best_state)
+
+    def step(self, objective, batch: Batch, opt_cfg, world: int, rank: int) -> tuple[dict, float]:
+        """One optimizer step on `batch` (mixed precision on a GPU); the losses and grad norm."""
+        self.model.train()
+        torch.manual_seed(opt_cfg.seed * 1_000_003 + self.progress.step * world + rank)
+        feats = self.augment(batch.feats.to(self.device), batch.lens.to(self.device))
+        use_amp = self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
+            losses = objective.loss(self.model, feats, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt_cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.progress.step += 1
+        self.progress.batch_in_epoch += 1
+        return losses, float(grad_norm)
+
+    def score_dev(self, dev: "DevSet", opt_cfg) -> dict:
+        """Dev WER after an epoch: the best weights kept, and `progress.stopped_early` set when
+        `patience` epochs passed without a better one."""
+        scores = dev.evaluate(self.core, opt_cfg.dev_beam, self.device)
+        p = self.progress
+        if scores:
+            p.history.append({"epoch": p.epoch, "step": p.step, **scores})
+            if scores["dev_wer"] < p.best_dev_wer:
+                p.best_dev_wer, p.best_step, p.best_epoch = scores["dev_wer"], p.step, p.epoch
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.core.state_dict().items()}
+            elif opt_cfg.patience and p.epoch - p.best_epoch >= opt_cfg.patience:
+                p.stopped_early = True
+        return scores
 
 
 def _cores_per_worker(local_workers: int) -> int:
