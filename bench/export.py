@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.beam_search import BeamConfig  # noqa: E402
 from common.bundle import bundle_id, disk_bytes, find_bundle  # noqa: E402
 from common.export import export_bundle  # noqa: E402
-from trainer.evaluate import evaluate  # noqa: E402
+from scoring.evaluate import evaluate  # noqa: E402
 
 
 def exported(bundle: Path, out: Path, precision: str) -> Path:

@@ -108,7 +108,7 @@ class Study:
         return run_dir
 
     def score(self, run_dir: Path, split: str) -> dict[str, tuple[int, int]]:
-        from trainer.report import evaluation
+        from scoring.report import evaluation
 
         return evaluation(run_dir / "bundle", self.data / split, DECODE, self.work / "evals")[1]
 

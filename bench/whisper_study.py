@@ -11,7 +11,7 @@ asterisk`'s recorded/. Stages, each skipped when its output exists (a started ru
            (`seqkd distill` on Whisper's labels: the student's tokenizer is learnt from the
            hypotheses' text, so no transcript is read); `--side-by-side 2` trains two at once,
            each on one core (`scaling: {cpu_threads: 1, cpus_per_worker: 0.5}`)
-  scores   every model on test, test_unseen_engine and recorded (trainer.report's cached
+  scores   every model on test, test_unseen_engine and recorded (scoring.report's cached
            evaluations, CPU, the demo's beam: 5, CTC weight 0.3 for students, none for Whisper):
            WER, CER, parameters, RTF; KD minus GT with the paired bootstrap's 95% CI on test
 OUT/whisper_study.{md,json} are written at the end (`--table-only` rewrites them from the runs
@@ -99,7 +99,7 @@ class Study:
         print(f"{run.name}: trained in {time.perf_counter() - began:.0f} s", flush=True)
 
     def score(self, model: Path, split: str) -> tuple[dict, dict]:
-        from trainer.report import evaluation
+        from scoring.report import evaluation
 
         return evaluation(model, self.data / split, DECODE, self.work / "evals")
 

@@ -43,6 +43,11 @@ def remove_non_language(text: str, symbols: tuple[str, ...] = WSJ_NON_LANGUAGE) 
     return " ".join(w for w in text.split() if w not in drop)
 
 
+def target_text(text: str, drop_non_language: bool) -> str:
+    """The transcript a model learns: whitespace-normalised, WSJ's noise symbols dropped."""
+    return remove_non_language(text) if drop_non_language else " ".join(text.split())
+
+
 # ------------------------------------------------------------------ spoken-form normaliser
 # One rule set for every corpus seqkd builds (synth, asterisk) and every reference it scores
 # against them: lower case, numbers and symbols as spoken words, no punctuation. `*` and `#`

@@ -38,8 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from rich.console import Console
+
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("common", "services", "trainer", "seqkd", "bench")   # what the console speaks for
+OURS = ("common", "services", "trainer", "scoring", "seqkd", "bench")   # what the console speaks for
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 _armed: "RayLog | None" = None
@@ -253,3 +255,9 @@ class RayLog:
             os.dup2(saved, fd)
             os.close(saved)
         self.file.close()
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """The terminal's console, or a 140-column one for logs and pipes (rich squeezes tables to 80)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=140)

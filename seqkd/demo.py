@@ -26,7 +26,7 @@ from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows
 from trainer.data import PseudoLabels
 from trainer.distill import SequenceKD
-from trainer.report import wide_console
+from seqkd.console import wide_console
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -225,7 +225,7 @@ class Demo:
         return out
 
     def stage_report(self, runs: list[Path], teacher: Path) -> list:
-        from trainer.report import build_report, evaluation, rich_table, write_report
+        from scoring.report import build_report, evaluation, rich_table, write_report
 
         began = time.perf_counter()
         out = self.out / "report"

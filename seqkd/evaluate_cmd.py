@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from common.bundle import BundleError, find_bundle
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError, require_readable
-    from trainer.evaluate import evaluate, write_evaluation
+    from scoring.evaluate import evaluate, write_evaluation
 
     bundle = find_bundle(args.bundle)
     try:

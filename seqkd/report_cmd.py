@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.corpora.manifest import ManifestError
-    from trainer.report import ReportError, build_report, rich_table, wide_console, write_report
+    from scoring.report import ReportError, build_report, rich_table, write_report
+    from seqkd.console import wide_console
 
     console = wide_console(stderr=True)
     try:

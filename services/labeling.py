@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -44,6 +43,7 @@ from common.corpora.manifest import BadShard, check_shards, write_shard
 from common.labels import HYP, INDEX, LABEL_SCHEMA
 from common.metrics import error_rates
 from common.teachers import TeacherFiles, teacher_files
+from services.capacity import actor_request, warn_if_unsatisfiable
 from services.overload import Backoff, retry_hint
 
 log = logging.getLogger(__name__)
@@ -360,11 +360,6 @@ def pool_bounds(concurrency: int | tuple[int, int]) -> tuple[int, int]:
     return lo, hi
 
 
-def actor_request(num_gpus: float, resources: dict[str, float] | None) -> dict[str, float]:
-    """The resources one teacher actor holds (Ray Data gives an actor one CPU by default)."""
-    return {"CPU": 1.0, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
-
-
 MAX_TEACHER_DEV_WER = 0.5
 
 
@@ -384,54 +379,6 @@ def weak_teacher(bundle: str | Path, max_dev_wer: float = MAX_TEACHER_DEV_WER) -
         return None
     return (f"the teacher scored {100 * dev_wer:.1f}% WER on its dev set (over {100 * max_dev_wer:.0f}%): "
             f"its labels will teach its errors; train it longer or check its data")
-
-
-def warn_if_unsatisfiable(request: dict[str, float], pool: tuple[int, int]) -> None:
-    """Ray queues an actor or task that no node can hold rather than failing it, so a pool that
-    cannot be filled would wait without a word. Warn (not refuse: nodes can join, by the
-    autoscaler or by hand) when no node alive can hold an actor and no autoscaler node type that
-    could is known, when the nodes alive and those the autoscaler may add can hold fewer than
-    the pool's maximum, and when the actors the pool starts with would take every CPU of the
-    nodes alive, leaving none for the tasks that read the shards."""
-    import ray
-
-    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    now = sum(_fits(node, request) for node in alive)
-    growth = autoscaler_capacity(request)
-    if now == 0 and not growth:
-        log.warning("no node of this cluster can hold a labeling actor (each asks for %s), and no "
-                    "autoscaler node type that could is known: the job waits until such a node "
-                    "joins", request)
-    elif growth is not None and now + growth < pool[1]:
-        log.warning("this cluster can ever hold %d of the %d labeling actors asked for (each asks "
-                    "for %s)", now + growth, pool[1], request)
-    if not growth and now >= pool[0] and sum(n.get("CPU", 0) for n in alive) - pool[0] * request["CPU"] < 1:
-        log.warning("the %d labeling actors the pool starts with take every CPU of this cluster's "
-                    "nodes and leave none to read the shards: the job waits until a node joins; use "
-                    "--concurrency 1:%d, or fewer actors", pool[0], pool[1])
-
-
-def _fits(node: dict[str, float], request: dict[str, float]) -> int:
-    """How many actors asking for `request` one node with resources `node` can hold."""
-    return min(int(node.get(k, 0) // v) for k, v in request.items() if v)
-
-
-def autoscaler_capacity(request: dict[str, float]) -> float | None:
-    """Actors that the node types the autoscaler may add could hold at their max counts (inf when
-    unbounded), or None when the cluster publishes no autoscaling config (no autoscaler, or
-    Ray's v1 autoscaler, which keeps its node types to itself). The v2 autoscaler publishes it in
-    the GCS, where Ray Data and Ray Train read it too."""
-    import ray._private.state
-
-    config = ray._private.state.state.get_cluster_config()
-    if config is None:
-        return None
-    total: float = 0
-    for group in config.node_group_configs:
-        per_node = _fits(dict(group.resources), request)
-        if per_node and group.max_count:
-            total += math.inf if group.max_count < 0 else per_node * group.max_count
-    return total
 
 
 def _teacher(bundle: str | Path | None, via_serve: str | None) -> TeacherFiles:

@@ -23,7 +23,7 @@ from tests.test_word_kd import assert_top_m_matches, teacher_forced
 from trainer.data import Batch, FrontEnd, PseudoLabels, featurize
 from trainer.distill import SequenceKD, distill
 from trainer.recipe import recipe_from_dict
-from trainer.report import build_report, write_report
+from scoring.report import build_report, write_report
 from trainer.run import RunError
 
 pytestmark = pytest.mark.slow

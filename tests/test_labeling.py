@@ -14,8 +14,9 @@ from common.corpora.manifest import iter_rows, shard_paths
 from common.labels import LABEL_SCHEMA
 from common.metrics import error_rates
 from common.transcriber import Transcriber
-from services.labeling import (FAIL_ENV, LabelError, ShardAssembler, actor_request, autoscaler_capacity,
-                               label, pool_bounds, warn_if_unsatisfiable)
+from services.capacity import (AUTOSCALER_NAMESPACE, CLUSTER_CONFIG_KEY, actor_request, autoscaler_capacity,
+                               warn_if_unsatisfiable)
+from services.labeling import FAIL_ENV, LabelError, ShardAssembler, label, pool_bounds
 
 pytestmark = pytest.mark.slow
 DECODE = BeamConfig(beam=4, nbest=3, ctc_weight=0.3)
@@ -135,9 +136,11 @@ def test_the_driver_holds_one_shard_of_labels_and_never_audio(ray_local, synth_c
 
 def test_pool_sizes_and_requests_nothing_can_hold(ray_local, caplog, monkeypatch):
     """No refusal from the cluster's size today: warnings only, for a pool that cannot be filled
-    (this local Ray has 2 CPUs and no autoscaler; then one is faked)."""
+    (this local Ray has 2 CPUs and no autoscaler; then a v2 autoscaler's node types are put where
+    it publishes them, in the GCS, and read back as Ray's own reader reads them)."""
     import ray._private.state
     from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     assert pool_bounds(2) == (2, 2) and pool_bounds((1, 4)) == (1, 4)
     for bad in (0, (2, 1), (0, 3)):
@@ -145,7 +148,7 @@ def test_pool_sizes_and_requests_nothing_can_hold(ray_local, caplog, monkeypatch
             pool_bounds(bad)
     cpu, gpu, labeler = actor_request(0, None), actor_request(1, None), actor_request(0, {"labeler": 1})
     assert actor_request(0.5, {"labeler": 1}) == {"CPU": 1.0, "GPU": 0.5, "labeler": 1}
-    with caplog.at_level("WARNING", logger="services.labeling"):
+    with caplog.at_level("WARNING", logger="services.capacity"):
         warn_if_unsatisfiable(cpu, (1, 2))
         warn_if_unsatisfiable(cpu, (1, 3))   # a third actor might fit a node yet to join
         assert not caplog.records
@@ -153,10 +156,15 @@ def test_pool_sizes_and_requests_nothing_can_hold(ray_local, caplog, monkeypatch
         warn_if_unsatisfiable(cpu, (2, 2))
         config = autoscaler_pb2.ClusterConfig(node_group_configs=[autoscaler_pb2.NodeGroupConfig(
             name="labeler", resources={"CPU": 1, "labeler": 1}, min_count=0, max_count=1)])
-        monkeypatch.setattr(ray._private.state.state, "get_cluster_config", lambda: config)
-        assert autoscaler_capacity(labeler) == 1 and autoscaler_capacity(gpu) == 0
-        warn_if_unsatisfiable(labeler, (1, 2))
-        warn_if_unsatisfiable(gpu, (1, 1))
+        _internal_kv_put(CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=AUTOSCALER_NAMESPACE)
+        try:
+            assert ray._private.state.state.get_cluster_config() == config   # the key Ray Data reads
+            assert autoscaler_capacity(labeler) == 1 and autoscaler_capacity(gpu) == 0
+            warn_if_unsatisfiable(labeler, (1, 2))
+            warn_if_unsatisfiable(gpu, (1, 1))
+        finally:
+            _internal_kv_del(CLUSTER_CONFIG_KEY, namespace=AUTOSCALER_NAMESPACE)
+        assert autoscaler_capacity(labeler) is None
     assert [r.getMessage().split(" (")[0].split(":")[0] for r in caplog.records] == [
         "no node of this cluster can hold a labeling actor",
         "the 2 labeling actors the pool starts with take every CPU of this cluster's nodes and "

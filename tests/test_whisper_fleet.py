@@ -26,7 +26,7 @@ from tests.test_whisper_teacher import (PROMPTS, TINY_EN_PARAMS, prompt_wave, re
                                         reference, whisper_dir)
 from trainer.data import FrontEnd, PseudoLabels, featurize
 from trainer.distill import SequenceKD, distill, hypothesis_tokenizer
-from trainer.report import build_report
+from scoring.report import build_report
 from trainer.run import RunError
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ import torch
 from common.audio import AudioError, AudioLimits, load_audio
 from common.features import CMVN, FeatureConfig, FeatureExtractor
 from common.metrics import utterance_wer
-from common.text import remove_non_language
+from common.text import target_text
 from common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,6 @@ class FrontEnd:
 
     def target_text(self, text: str) -> str:
         return target_text(text, self.remove_non_language)
-
-
-def target_text(text: str, drop_non_language: bool) -> str:
-    """The transcript a model learns: whitespace-normalised, WSJ's noise symbols dropped."""
-    return remove_non_language(text) if drop_non_language else " ".join(text.split())
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,7 +27,8 @@ from common.corpora.manifest import shard_paths
 from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
 from common.labels import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
-from trainer.data import Batch, PseudoLabels, bucketed, expanded, target_text
+from common.text import target_text
+from trainer.data import Batch, PseudoLabels, bucketed, expanded
 from trainer.recipe import Recipe
 from trainer.run import RunError, RunPaths, train
 

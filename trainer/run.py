@@ -32,7 +32,8 @@ from common.audio import load_audio
 from common.corpora.manifest import shard_paths
 from common.features import CMVN, CMVNAccumulator, FeatureExtractor
 from common.tokenizer import Tokenizer
-from trainer.data import FrontEnd, PseudoLabels, feature_dataset, target_text
+from common.text import target_text
+from trainer.data import FrontEnd, PseudoLabels, feature_dataset
 from trainer.loop import FAIL_ENV, train_loop_per_worker
 from trainer.metrics_log import MetricsLog
 from trainer.recipe import Recipe, recipe_from_dict

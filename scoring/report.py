@@ -28,7 +28,7 @@ from common.beam_search import BeamConfig
 from common.bundle import BundleError, disk_bytes, find_bundle, model_form, model_name
 from common.metrics import bootstrap_wer, utterance_errors
 from common.teachers import teacher_files, teacher_id, teacher_meta
-from trainer.evaluate import evaluate, write_evaluation
+from scoring.evaluate import evaluate, write_evaluation
 
 ROLES = ("teacher", "gt", "kd")
 LEFT_COLUMNS = 3            # model, targets, form: text; the rest are numbers
@@ -185,12 +185,6 @@ def _teacher(bundles: list[Path], metas: dict, ids: dict, named: str | Path | No
     if len(found) == 1:
         return found[0]
     return max(bundles, key=lambda b: metas[b].get("params", 0))
-
-
-def wide_console(stderr: bool = False) -> Console:
-    """The terminal's console, or a 140-column one for logs and pipes (rich squeezes tables to 80)."""
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=140)
 
 
 def _pct(x: float | None, signed: bool = False) -> str:

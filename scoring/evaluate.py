@@ -21,7 +21,7 @@ from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows
 from common.metrics import ErrorRates, error_rates
 from common.teachers import load_transcriber
-from trainer.data import target_text
+from common.text import target_text
 
 
 @dataclass
