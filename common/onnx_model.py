@@ -25,6 +25,7 @@ import torch
 from common.bundle import (EXPORT_ID_FILES, Bundle, BundleError, Frontend, files_id, load_frontend,
                            read_export_meta)
 from common.models import ModelConfig
+from common.models.interfaces import DecoderStep
 from common.models.lstm_decoder import LSTMAttentionDecoder
 from common.models.rows import Rows
 from common.models.transformer_decoder import TransformerDecoder
@@ -47,7 +48,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
-class OnnxDecoder:
+class OnnxDecoder(DecoderStep):
     """prepare / init_state / step / trim_time over the decoder graph (see the module doc)."""
 
     def __init__(self, graph: ort.InferenceSession, family: type, cfg: Any, frame_memory: list[list],

@@ -40,7 +40,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from common.audio import AudioError
 from common.beam_search import BeamConfig
 from common.corpora.manifest import BadShard, check_shards, write_shard
-from common.labels import HYP, INDEX, LABEL_SCHEMA
+from common.labels import (CTC_TOPM_IDS, CTC_TOPM_LOGP, DECODE, HYP, HYP_TEXT, HYP_TOKENS, HYPS, INDEX,
+                           LABEL_SCHEMA, TEACHER_ID, label_settings, same_settings)
 from common.metrics import error_rates
 from common.teachers import TeacherFiles, teacher_files
 from services.capacity import actor_request, warn_if_unsatisfiable
@@ -171,10 +172,10 @@ def labels_of(batch: pa.Table, hyps: list[list[dict]], teacher_id: str,
     ctc = ctc or [None] * n
     return pa.table({
         "utt_id": batch.column("utt_id"), "path": batch.column("path"),
-        "hyps": pa.array(hyps, type=pa.list_(HYP)),
-        "teacher_id": pa.array([teacher_id] * n, pa.string()),
-        "ctc_topm_ids": pa.array([c and c[0] for c in ctc], LABEL_SCHEMA.field("ctc_topm_ids").type),
-        "ctc_topm_logp": pa.array([c and c[1] for c in ctc], LABEL_SCHEMA.field("ctc_topm_logp").type),
+        HYPS: pa.array(hyps, type=pa.list_(HYP)),
+        TEACHER_ID: pa.array([teacher_id] * n, pa.string()),
+        CTC_TOPM_IDS: pa.array([c and c[0] for c in ctc], LABEL_SCHEMA.field(CTC_TOPM_IDS).type),
+        CTC_TOPM_LOGP: pa.array([c and c[1] for c in ctc], LABEL_SCHEMA.field(CTC_TOPM_LOGP).type),
     })
 
 
@@ -192,12 +193,12 @@ class Totals:
     def add(self, rows: list[dict]) -> None:
         self.utterances += len(rows)
         self.audio_s += sum(r["duration_s"] for r in rows)
-        labelled = [r for r in rows if r["hyps"]]
+        labelled = [r for r in rows if r[HYPS]]
         self.labelled += len(labelled)
-        self.hyp_tokens += sum(len(r["hyps"][0]["tokens"]) for r in labelled)
+        self.hyp_tokens += sum(len(r[HYPS][0][HYP_TOKENS]) for r in labelled)
         scored = [r for r in labelled if r["text"].strip()]
         if scored:   # corpus WER = summed errors / summed reference words, shard by shard
-            rates = error_rates([r["text"] for r in scored], [r["hyps"][0]["text"] for r in scored])
+            rates = error_rates([r["text"] for r in scored], [r[HYPS][0][HYP_TEXT] for r in scored])
             self.words += rates.words
             self.word_errors += rates.substitutions + rates.deletions + rates.insertions
 
@@ -247,7 +248,7 @@ class ShardAssembler:
         """Write one output shard in its input's row order, then record it in labels.json."""
         labels = pa.concat_tables(self.parts.pop(name))
         del self.ids[name], self.expected[name]
-        if pc.unique(labels.column("teacher_id")).to_pylist() != [self.teacher_id]:
+        if pc.unique(labels.column(TEACHER_ID)).to_pylist() != [self.teacher_id]:
             raise LabelError(f"shard {name} was labelled by another teacher than {self.teacher_id}")
         rows = joined(pq.read_table(self.inputs[name]), labels, self.decode_json)
         write_shard(self.out / name, rows, LABEL_SCHEMA)
@@ -261,7 +262,7 @@ def joined(source: pa.Table, labels: pa.Table, decode_json: str) -> list[dict]:
     last = {u: i for i, u in enumerate(labels.column("utt_id").to_pylist())}   # a retry replaces
     labels = labels.take([last[u] for u in source.column("utt_id").to_pylist()])
     for field in LABEL_SCHEMA:
-        if field.name == "decode":
+        if field.name == DECODE:
             source = source.append_column(field, pa.array([decode_json] * source.num_rows, pa.string()))
         elif field.name not in source.column_names:
             source = source.append_column(field, labels.column(field.name))
@@ -291,7 +292,8 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     pool = pool_bounds(concurrency)
     if not via_serve:
         warn_if_unsatisfiable(actor_request(num_gpus, resources), pool)
-    settings = asdict(decode)
+    settings = asdict(decode)              # what the labelers decode with
+    recorded = label_settings(decode)      # what labels.json and every shard record of it
     out = Path(out)
     teacher = _teacher(bundle, via_serve)
     try:
@@ -301,14 +303,14 @@ def label(bundle: str | Path | None, data: str | Path, out: str | Path, decode: 
     teacher_id = teacher.teacher_id
     inputs = {p.name: p for p in good}
     out.mkdir(parents=True, exist_ok=True)
-    index = _open_index(out, teacher, settings)
+    index = _open_index(out, teacher, recorded)
     for tmp in out.glob(".shard-*.tmp"):   # a run killed while writing: redo that shard
         tmp.unlink()
     pending = {name: p for name, p in inputs.items() if not (out / name).exists()}
     damaged = [b for b in bad if not (out / b.path.name).exists()]   # labelled before it broke: done
     index["skipped"] = {b.path.name: b.reason for b in damaged}
     save_index(out, index)
-    shards = ShardAssembler(out, pending, index, teacher_id, json.dumps(settings, sort_keys=True))
+    shards = ShardAssembler(out, pending, index, teacher_id, json.dumps(recorded, sort_keys=True))
     began = time.perf_counter()
     if pending:
         ds = read_shards([str(p) for p in pending.values()], READ_COLUMNS, include_paths=True)
@@ -404,7 +406,7 @@ def save_index(out: Path, index: dict) -> None:
 
 def _open_index(out: Path, teacher: TeacherFiles, settings: dict) -> dict:
     """labels.json of `out` (with the teacher's tokenizer beside it), refusing to mix teachers or
-    decode settings in one output."""
+    decode settings in one output (those that change the labels: common.labels.LABEL_SETTINGS)."""
     path = out / INDEX
     if not path.exists():
         index = {"teacher_id": teacher.teacher_id, "teacher_kind": teacher.kind, "decode": settings,
@@ -417,7 +419,7 @@ def _open_index(out: Path, teacher: TeacherFiles, settings: dict) -> dict:
     if index["teacher_id"] != teacher.teacher_id:
         raise LabelError(f"{out} holds labels by teacher {index['teacher_id']}, not {teacher.teacher_id}: "
                          f"refusing to mix teachers; use a new --out")
-    if index["decode"] != settings:
+    if not same_settings(index["decode"], settings):
         raise LabelError(f"{out} was labelled with decode settings {index['decode']}, not {settings}: "
                          f"refusing to mix settings; use a new --out")
     return index

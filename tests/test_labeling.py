@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -80,6 +81,29 @@ def test_rerun_rewrites_nothing_and_redoes_a_partial_shard(labelled, tiny_bundle
     assert {k: v for k, v in after.items() if k != "shard-00001.parquet"} == \
         {k: v for k, v in before.items() if k != "shard-00001.parquet"}
     assert len(rows_by_id(out)) == 24
+
+
+def test_a_setting_that_does_not_change_the_labels_leaves_them_resumable(labelled, tiny_bundle, tmp_path):
+    """labels.json records LABEL_SETTINGS only, and a resume compares only those: a directory
+    recorded by a version whose BeamConfig has one more field still resumes; a changed label
+    setting still refuses."""
+    from dataclasses import fields
+
+    from common.labels import LABEL_SETTINGS
+
+    assert set(LABEL_SETTINGS) <= {f.name for f in fields(BeamConfig)}
+    data, out, _ = labelled
+    copy = tmp_path / "labels"
+    shutil.copytree(out, copy)
+    index = json.loads((copy / "labels.json").read_text())
+    assert set(index["decode"]) == set(LABEL_SETTINGS)
+    index["decode"]["a_knob_of_another_version"] = 3
+    (copy / "labels.json").write_text(json.dumps(index))
+    (copy / "shard-00002.parquet").unlink()
+    redo = label(tiny_bundle[0], data, copy, DECODE, batch_size=4, show_progress=False)
+    assert redo.shards_done == 1 and redo.shards_skipped == 2 and len(rows_by_id(copy)) == 24
+    with pytest.raises(LabelError, match="refusing to mix settings"):
+        label(tiny_bundle[0], data, copy, replace(DECODE, length_penalty=0.5), show_progress=False)
 
 
 def test_refuses_to_mix_teachers_or_settings(labelled, tiny_bundle, tmp_path):

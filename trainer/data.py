@@ -25,6 +25,8 @@ import torch
 
 from common.audio import AudioError, AudioLimits, load_audio
 from common.features import CMVN, FeatureConfig, FeatureExtractor
+from common.labels import (CTC_TOPM_IDS, CTC_TOPM_LOGP, HYP_LOGP, HYP_TEXT, HYP_TOKENS, HYP_TOPM_IDS,
+                           HYP_TOPM_LOGP, HYPS)
 from common.metrics import utterance_wer
 from common.text import target_text
 from common.tokenizer import Tokenizer
@@ -64,7 +66,7 @@ class PseudoLabels:
     retokenize: bool = False
 
     def select(self, transcript: str, hyps: list[dict]) -> list[dict]:
-        kept = [h for h in hyps[: self.k] if (h["text"].strip() if self.retokenize else h["tokens"])]
+        kept = [h for h in hyps[: self.k] if (h[HYP_TEXT].strip() if self.retokenize else h[HYP_TOKENS])]
         if self.max_wer is not None and transcript:
             kept = [h for h in kept if utterance_wer(transcript, h["text"]) <= self.max_wer]
         return kept
@@ -116,10 +118,10 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
     limits = AudioLimits(max_duration_s=front.max_duration_s)
     schema = FEATURE_SCHEMA if pseudo is None else SOFT_FEATURE_SCHEMA if pseudo.soft else KD_FEATURE_SCHEMA
     rows: dict[str, list] = {name: [] for name in schema.names}
-    all_hyps = table.column("hyps").to_pylist() if pseudo is not None else [None] * table.num_rows
+    all_hyps = table.column(HYPS).to_pylist() if pseudo is not None else [None] * table.num_rows
     soft = pseudo is not None and pseudo.soft
-    ctc_ids = table.column("ctc_topm_ids").to_pylist() if soft else [None] * table.num_rows
-    ctc_lps = table.column("ctc_topm_logp").to_pylist() if soft else [None] * table.num_rows
+    ctc_ids = table.column(CTC_TOPM_IDS).to_pylist() if soft else [None] * table.num_rows
+    ctc_lps = table.column(CTC_TOPM_LOGP).to_pylist() if soft else [None] * table.num_rows
     for utt_id, audio, text, hyps, c_ids, c_lps in zip(table.column("utt_id").to_pylist(),
                                                        table.column("audio").to_pylist(),
                                                        table.column("text").to_pylist(), all_hyps,
@@ -146,15 +148,15 @@ def featurize(table: pa.Table, front: FrontEnd, pseudo: PseudoLabels | None = No
         rows["n_frames"].append(feats.shape[0])
         rows["tokens"].append(tok.encode(target))
         if pseudo is not None:
-            rows["hyp_tokens"].append([tok.encode(front.target_text(h["text"])) if pseudo.retokenize
-                                       else h["tokens"] for h in hyps])
-            rows["hyp_logp"].append([h["logp"] for h in hyps])
+            rows["hyp_tokens"].append([tok.encode(front.target_text(h[HYP_TEXT])) if pseudo.retokenize
+                                       else h[HYP_TOKENS] for h in hyps])
+            rows["hyp_logp"].append([h[HYP_LOGP] for h in hyps])
             if pseudo.soft:
-                if c_ids is None or any(h.get("topm_ids") is None for h in hyps):
+                if c_ids is None or any(h.get(HYP_TOPM_IDS) is None for h in hyps):
                     raise ValueError(f"{utt_id}: the labels hold no top-M distributions for "
                                      f"word-level KD (label with `seqkd label --topm M`)")
-                rows["hyp_topm_ids"].append([h["topm_ids"] for h in hyps])
-                rows["hyp_topm_logp"].append([h["topm_logp"] for h in hyps])
+                rows["hyp_topm_ids"].append([h[HYP_TOPM_IDS] for h in hyps])
+                rows["hyp_topm_logp"].append([h[HYP_TOPM_LOGP] for h in hyps])
                 rows["ctc_topm_ids"].append(c_ids)
                 rows["ctc_topm_logp"].append(c_lps)
     return pa.Table.from_pydict(rows, schema=schema)
@@ -167,8 +169,8 @@ def feature_dataset(paths: list[str], front: FrontEnd, pseudo: PseudoLabels | No
     from common.shard_dataset import read_shards
     from trainer.featurize_task import featurize_task
 
-    columns = ["utt_id", "audio", "text"] + (["hyps"] if pseudo is not None else []) \
-        + (["ctc_topm_ids", "ctc_topm_logp"] if pseudo is not None and pseudo.soft else [])
+    columns = ["utt_id", "audio", "text"] + ([HYPS] if pseudo is not None else []) \
+        + ([CTC_TOPM_IDS, CTC_TOPM_LOGP] if pseudo is not None and pseudo.soft else [])
     kwargs = {"front": asdict(front), "pseudo": None if pseudo is None else asdict(pseudo)}
     return read_shards(paths, columns).map_batches(
         featurize_task, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, concurrency=concurrency)

@@ -25,16 +25,17 @@ import torch
 
 from common.corpora.manifest import shard_paths
 from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
-from common.labels import INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
+from common.labels import HYP_TEXT, HYPS, INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
 from common.text import target_text
 from trainer.data import Batch, PseudoLabels, bucketed, expanded
+from trainer.objective import Objective
 from trainer.recipe import Recipe
 from trainer.run import RunError, RunPaths, train
 
 
 @dataclass(frozen=True)
-class SequenceKD:
+class SequenceKD(Objective):
     """The KD objective: weighted attention loss over each utterance's kept hypotheses.
 
     `gt_weight` > 0 adds the transcript as one more target with that share of the weight
@@ -134,7 +135,7 @@ def open_labels(path: str | Path) -> Labels:
     if not index_path.exists():
         raise RunError(f"{path} has no {LABELS_INDEX}: these are not pseudo labels "
                        f"(make them with `seqkd label TEACHER --data ... --out {path}`)")
-    missing = [s.name for s in shards if "hyps" not in pq.read_schema(s).names]
+    missing = [s.name for s in shards if HYPS not in pq.read_schema(s).names]
     if missing:
         raise RunError(f"{path}: shard {missing[0]} has no `hyps` column: not pseudo labels "
                        f"(make them with `seqkd label`)")
@@ -223,7 +224,7 @@ def hypothesis_tokenizer(recipe: Recipe, dirs: list, k: int) -> Tokenizer:
     """The recipe's sentencepiece model learnt from the top-k hypotheses' normalised text: what a
     student of a teacher of another vocabulary trains on (no transcript is read)."""
     drop = recipe.data.remove_non_language
-    texts = [target_text(h["text"], drop) for d in dirs for shard in shard_paths(d)
-             for hyps in pq.read_table(shard, columns=["hyps"]).column("hyps").to_pylist()
+    texts = [target_text(h[HYP_TEXT], drop) for d in dirs for shard in shard_paths(d)
+             for hyps in pq.read_table(shard, columns=[HYPS]).column(HYPS).to_pylist()
              for h in (hyps or [])[:k]]
     return Tokenizer.train(texts, recipe.tokenizer.vocab_size, recipe.tokenizer.model_type)

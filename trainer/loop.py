@@ -34,6 +34,7 @@ from common.metrics import error_rates
 from common.models import Seq2Seq
 from trainer.data import (Batch, FeatureCache, FrontEnd, bucketed, collate, started, tokenizer_of,
                           training_pools, warm_up_featurizer)
+from trainer.objective import Objective
 from trainer.recipe import Recipe, recipe_from_dict
 
 FAIL_ENV = "SEQKD_FAIL_AT_STEP"   # fault injection for tests: crash once after this step
@@ -82,7 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     dev = DevSet(ray.train.get_dataset_shard("dev"), front) if rank == 0 and config.get("has_dev") \
         else None
     t = _Trainee.build(recipe, tokenizer_of(front).vocab_size, restored, device)
-    objective = parts["objective"] or GroundTruth()
+    objective: Objective = parts["objective"] or GroundTruth()
 
     fail_marker = Path(config["run_dir"], ".fault_injected")
     max_steps = opt_cfg.max_steps or math.inf
@@ -251,7 +252,7 @@ def _cores_per_worker(local_workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, local_workers))
 
 
-class GroundTruth:
+class GroundTruth(Objective):
     """Joint CTC-attention loss on the human transcript."""
 
     def batches(self, pools, max_frames: int, n_mels: int, rng: random.Random | None):

@@ -34,6 +34,7 @@ from common.features import CMVN, CMVNAccumulator, FeatureExtractor
 from common.tokenizer import Tokenizer
 from common.text import target_text
 from trainer.data import FrontEnd, PseudoLabels, feature_dataset
+from trainer.objective import Objective
 from trainer.loop import FAIL_ENV, train_loop_per_worker
 from trainer.metrics_log import MetricsLog
 from trainer.recipe import Recipe, recipe_from_dict
@@ -150,7 +151,7 @@ def estimate_cmvn(shards: list[Path], recipe: Recipe) -> CMVN:
 
 
 def train(recipe: Recipe, train_dir: str | Path | list, dev_dir: str | Path | None, out: str | Path,
-          resume: bool = False, objective: Any = None, tokenizer: Tokenizer | None = None,
+          resume: bool = False, objective: Objective | None = None, tokenizer: Tokenizer | None = None,
           pseudo: PseudoLabels | None = None, extra_meta: dict | None = None) -> dict[str, Any]:
     """Train with Ray Train on the cluster `ray.init` connected to; return the run summary.
 
@@ -194,7 +195,8 @@ def train(recipe: Recipe, train_dir: str | Path | list, dev_dir: str | Path | No
 
 
 def make_trainer(recipe: Recipe, paths: RunPaths, front: FrontEnd, shards: list[Path],
-                 dev_dir: str | Path | None, pseudo: PseudoLabels | None, objective: Any) -> DataParallelTrainer:
+                 dev_dir: str | Path | None, pseudo: PseudoLabels | None,
+                 objective: Objective | None) -> DataParallelTrainer:
     """The Ray Train trainer of a run: its datasets, workers, storage and callbacks."""
     datasets = {"train": feature_dataset([str(p) for p in shards], front, pseudo)}
     if dev_dir is not None:

@@ -15,6 +15,7 @@ from torch import nn
 from torchaudio.models import Conformer
 
 from common.models.config import ConformerConfig
+from common.models.interfaces import Encoder
 from common.models.rows import lengths_to_mask
 
 
@@ -48,7 +49,7 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device) -> torch.T
     return pe
 
 
-class ConformerEncoder(nn.Module):
+class ConformerEncoder(Encoder):
     def __init__(self, cfg: ConformerConfig, input_dim: int) -> None:
         super().__init__()
         if input_dim < 7:

@@ -12,11 +12,12 @@ from torch import nn
 
 from common.models.attention import LocationAwareAttention
 from common.models.config import LSTMDecoderConfig
+from common.models.interfaces import DecoderStep
 from common.models.rows import Rows, lengths_to_mask, select_rows
 from common.models.trie import PrefixTrie
 
 
-class LSTMAttentionDecoder(nn.Module):
+class LSTMAttentionDecoder(nn.Module, DecoderStep):
     STATE_TIME_AXES = {"att": {1: "enc_frames"}}   # state axes past the row that vary (exported graphs)
 
     def __init__(self, cfg: LSTMDecoderConfig, enc_dim: int, vocab_size: int) -> None:

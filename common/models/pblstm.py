@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from common.models.config import PBLSTMConfig
+from common.models.interfaces import Encoder
 
 
-class PyramidalBLSTMEncoder(nn.Module):
+class PyramidalBLSTMEncoder(Encoder):
     def __init__(self, cfg: PBLSTMConfig, input_dim: int) -> None:
         super().__init__()
         self.cfg = cfg

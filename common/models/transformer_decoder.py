@@ -13,12 +13,13 @@ from torch import nn
 
 from common.models.config import TransformerDecoderConfig
 from common.models.conformer import sinusoidal_positions
+from common.models.interfaces import DecoderStep
 from common.models.rows import Rows, lengths_to_mask
 from common.models.trie import PrefixTrie
 from common.tokenizer import EOS_ID
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(nn.Module, DecoderStep):
     STATE_TIME_AXES = {"prefix": {1: "prefix"}}    # state axes past the row that vary (exported graphs)
 
     def __init__(self, cfg: TransformerDecoderConfig, enc_dim: int, vocab_size: int) -> None:
