@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +23,7 @@ from common.bundle import load_bundle
 from common.corpora.manifest import iter_rows
 from common.teachers import teacher_id
 from common.text import asr_spoken_form
+from scoring.report import build_report
 from services.labeling import LabelError, label
 from tests.conftest import seqkd
 from tests.test_distill import student_recipe
@@ -26,7 +32,6 @@ from tests.test_whisper_teacher import (PROMPTS, TINY_EN_PARAMS, prompt_wave, re
                                         reference, whisper_dir)
 from trainer.data import FrontEnd, PseudoLabels, featurize
 from trainer.distill import SequenceKD, distill, hypothesis_tokenizer
-from scoring.report import build_report
 from trainer.run import RunError
 
 pytestmark = pytest.mark.slow
@@ -131,17 +136,26 @@ def test_report_finds_whisper_as_the_students_teacher(whisper_student, whisper_d
     assert len(cached) == 2 and any(name.startswith("model-") for name in cached)
 
 
-def test_seqkd_serve_answers_an_http_upload_with_whispers_nbest(ray_local, whisper_dir):
-    from ray import serve
-
-    from services.teacher import Teacher
-
+def test_seqkd_serve_answers_an_http_upload_with_whispers_nbest(whisper_dir, tmp_path):
+    """The command line as a user runs it: `seqkd serve WHISPER_DIR` (its own local Ray), then
+    a real upload over HTTP; Ctrl-C (SIGINT) stops it."""
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "seqkd.cli", "serve", str(whisper_dir), "--port", str(port),
+                             "--max-batch-size", "4", "--compute-type", "int8"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        serve.run(Teacher.bind(bundle=str(whisper_dir), max_batch_size=4, compute_type="int8"),
-                  name="teacher", route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            deadline = time.monotonic() + 240
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                try:
+                    if client.get("/healthz", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "seqkd serve did not answer within 240 s"
+                time.sleep(1)
             info = client.get("/v1/model").json()
             assert info["kind"] == "whisper-ct2" and info["params"] == TINY_EN_PARAMS
             assert info["model"] == teacher_id(whisper_dir) and str(whisper_dir) not in json.dumps(info)
@@ -157,4 +171,10 @@ def test_seqkd_serve_answers_an_http_upload_with_whispers_nbest(ray_local, whisp
                                   headers={"Content-Type": "audio/flac"})
             assert refused.status_code == 422 and "no CTC head" in refused.json()["detail"]
     finally:
-        serve.shutdown()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
