@@ -25,6 +25,7 @@ from common.audio import DEFAULT_LIMITS, AudioLimits
 from common.beam_search import BeamConfig
 from common.bundle import (EXPORT_FILES, EXPORT_KIND, FILES, SEQKD_KIND, BundleError, bundle_id,
                            is_exported, load_model)
+from common.labels import TOKENIZER as SEQKD_TOKENIZER
 from common.transcriber import Transcript, Transcriber
 from common.whisper_transcriber import check_config as check_whisper_config
 
@@ -106,7 +107,7 @@ class TeacherFiles:
 def teacher_files(path: str | Path) -> TeacherFiles:
     """The teacher of `path`'s kind, id and tokenizer, without loading the model."""
     kind = teacher_kind(path)
-    name = whisper.TOKENIZER if kind == whisper.KIND else "tokenizer.model"
+    name = whisper.TOKENIZER if kind == whisper.KIND else SEQKD_TOKENIZER
     return TeacherFiles(kind, teacher_id(path), name, (Path(path) / name).read_bytes())
 
 

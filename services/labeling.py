@@ -43,7 +43,7 @@ from common.corpora.manifest import BadShard, check_shards, write_shard
 from common.labels import (CTC_TOPM_IDS, CTC_TOPM_LOGP, DECODE, HYP, HYP_TEXT, HYP_TOKENS, HYPS, INDEX,
                            LABEL_SCHEMA, TEACHER_ID, label_settings, same_settings)
 from common.metrics import error_rates
-from common.teachers import TeacherFiles, teacher_files
+from common.teachers import TeacherFiles, teacher_files, teacher_meta
 from services.capacity import actor_request, warn_if_unsatisfiable
 from services.overload import Backoff, retry_hint
 
@@ -372,10 +372,7 @@ def weak_teacher(bundle: str | Path, max_dev_wer: float = MAX_TEACHER_DEV_WER) -
     student to be wrong (measured: +33.3 WER points against the GT twin) while every stage
     finishes. Nothing else in labeling can tell, so the check reads what training measured
     (a teacher seqkd did not train, e.g. Whisper, records none and is not checked)."""
-    meta_path = Path(bundle) / "meta.json"
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
+    meta = teacher_meta(bundle)
     dev_wer = meta.get("dev_wer", meta.get("best_dev_wer"))
     if dev_wer is None or dev_wer <= max_dev_wer:
         return None
