@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.beam_search import BeamConfig, beam_search
-from common.kd_loss import sequence_kd_loss
+from common.kd import sequence_kd_loss
 from common.models import Seq2Seq
 from trainer.recipe import load_recipe
 

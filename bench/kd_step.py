@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.corpora.manifest import read_table, shard_paths
-from common.kd_loss import hypothesis_weights, sequence_kd_loss
+from common.kd import hypothesis_weights, joint_loss, sequence_kd_loss
 from common.models import Seq2Seq
 from common.models.trie import build_trie
 from trainer.data import Batch, PseudoLabels, bucketed, featurize, tokenizer_of
@@ -122,11 +122,11 @@ def copied_loss(model: Seq2Seq, batch: Batch) -> dict[str, torch.Tensor]:
     owner = [u for u, h in enumerate(batch.hyps) for _ in h]
     index = torch.tensor(owner)
     weights = [w for logp in batch.hyp_logps for w in hypothesis_weights(logp)]
-    scale = len(owner) / len(batch.hyps)   # forward divides by rows; KD divides by utterances
+    scale = len(owner) / len(batch.hyps)   # joint_loss divides by the rows here; KD by utterances
     targets = [t for h in batch.hyps for t in h]
-    out = model(batch.feats.index_select(0, index), batch.lens.index_select(0, index), targets,
-                weights=[w * scale for w in weights], ctc_targets=[batch.hyps[u][0] for u in owner])
-    return {"loss": out.loss}
+    out = model(batch.feats.index_select(0, index), batch.lens.index_select(0, index), targets)
+    return {"loss": joint_loss(out, targets, model.cfg, weights=[w * scale for w in weights],
+                               ctc_targets=[batch.hyps[u][0] for u in owner]).loss}
 
 
 def time_steps(recipe, front, batches: list[Batch], loss_fn, skip: int) -> float:

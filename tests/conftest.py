@@ -13,6 +13,7 @@ import torch
 from common.audio import load_audio
 from common.bundle import save_bundle
 from common.features import CMVN, FeatureConfig, FeatureExtractor, pad_features
+from common.kd import model_loss
 from common.models import ModelConfig, Seq2Seq
 from common.tokenizer import Tokenizer
 
@@ -78,7 +79,7 @@ def train_tiny(speech_dir, steps: int = 400) -> tuple[Seq2Seq, Tokenizer, Featur
     losses = []
     model.train()
     for _ in range(steps):
-        loss = model(feats, lens, targets).loss
+        loss = model_loss(model, feats, lens, targets).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

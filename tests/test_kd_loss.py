@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.kd_loss import hypothesis_weights, sequence_kd_loss
-from common.models.seq2seq import attention_loss, decoder_io
+from common.kd import attention_loss, hypothesis_weights, model_loss, sequence_kd_loss
+from common.models.seq2seq import decoder_io
 from tests.conftest import FAMILIES, tiny_model
 
 
@@ -25,7 +25,7 @@ def test_one_hypothesis_each_equals_the_ground_truth_loss(family):
     targets = [h[0] for h in hyps]
     with torch.no_grad():
         kd = sequence_kd_loss(model, feats, lens, [[t] for t in targets], [[1.0]] * 3, targets)
-        gt = model(feats, lens, targets)
+        gt = model_loss(model, feats, lens, targets)
     assert float(kd["loss"]) == pytest.approx(float(gt.loss), rel=1e-5)
     assert float(kd["ctc"]) == pytest.approx(float(gt.ctc), rel=1e-5)
 
@@ -82,7 +82,7 @@ def test_loss_and_gradients_equal_the_weighted_sum_of_single_target_losses(famil
 
     fast = sequence_kd_loss(fast_model, feats, lens, hyps, weights, ctc)["loss"]
     fast.backward()
-    slow = sum(w * slow_model(feats[u:u + 1, : int(lens[u])], lens[u:u + 1], [tokens],
+    slow = sum(w * model_loss(slow_model, feats[u:u + 1, : int(lens[u])], lens[u:u + 1], [tokens],
                               ctc_targets=[ctc[u]]).loss
                for u, (hs, ws) in enumerate(zip(hyps, weights)) for tokens, w in zip(hs, ws)) / len(hyps)
     slow.backward()

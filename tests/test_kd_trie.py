@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.beam_search import BeamConfig, beam_search
-from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
+from common.kd import hypothesis_weights, sequence_kd_loss, soft_targets
 from common.models.trie import build_trie
 from common.tokenizer import SOS_ID
 from tests.conftest import tiny_model

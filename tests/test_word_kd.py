@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.beam_search import BeamConfig, beam_search
-from common.kd_loss import SoftTargets, sequence_kd_loss, soft_targets, word_kd_divergence
+from common.kd import SoftTargets, sequence_kd_loss, soft_targets, word_kd_divergence
 from common.models.seq2seq import IGNORE, decoder_io
 from tests.conftest import FAMILIES, tiny_model
 from trainer.data import SOFT_FEATURE_SCHEMA, bucketed, expanded

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.corpora.manifest import shard_paths
-from common.kd_loss import hypothesis_weights, sequence_kd_loss, soft_targets
+from common.kd import hypothesis_weights, sequence_kd_loss, soft_targets
 from common.labels import HYP_TEXT, HYPS, INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
 from common.text import target_text

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from common.beam_search import BeamConfig, beam_search
 from common.bundle import save_bundle
 from common.features import SpecAugment
+from common.kd import model_loss
 from common.metrics import error_rates
 from common.models import Seq2Seq
 from trainer.data import (Batch, FeatureCache, FrontEnd, bucketed, collate, started, tokenizer_of,
@@ -253,13 +254,13 @@ def _cores_per_worker(local_workers: int) -> int:
 
 
 class GroundTruth(Objective):
-    """Joint CTC-attention loss on the human transcript."""
+    """Joint CTC-attention loss on the human transcript (`common.kd.joint_loss` with no teacher)."""
 
     def batches(self, pools, max_frames: int, n_mels: int, rng: random.Random | None):
         return bucketed(pools, max_frames, n_mels, rng)
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        out = model(feats, batch.lens.to(feats.device), batch.targets)
+        out = model_loss(model, feats, batch.lens.to(feats.device), batch.targets)
         tokens = sum(len(t) + 1 for t in batch.targets)   # + </s>
         return {"loss": out.loss, "att": out.att.detach(), "ctc": out.ctc.detach(),
                 "att_per_token": out.att.detach() * len(batch.targets) / tokens,

@@ -11,29 +11,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from common.kd_loss import SoftTargets, word_kd_divergence
 from common.models.config import ModelConfig
 from common.models.conformer import ConformerEncoder
 from common.models.lstm_decoder import LSTMAttentionDecoder
 from common.models.pblstm import PyramidalBLSTMEncoder
 from common.models.transformer_decoder import TransformerDecoder
 from common.models.trie import build_trie
-from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
+from common.tokenizer import EOS_ID, SOS_ID
 
 IGNORE = -100
 
 
 @dataclass
-class Losses:
-    loss: torch.Tensor
-    att: torch.Tensor
-    ctc: torch.Tensor
-    acc: float
-    kl: torch.Tensor        # word-level KD term (0 without soft targets)
-    frame_kl: torch.Tensor  # frame-level (CTC) KD term (0 without ctc_soft)
+class Outputs:
+    """What a training forward computes; the losses over it are `common.kd.joint_loss`'s."""
+
+    logits: torch.Tensor       # (N, L, V) decoder logits along every target row [</s> y]
+    ctc_logits: torch.Tensor   # (B, T', V) the CTC head's, before the softmax
+    enc_lens: torch.Tensor     # (B,) encoder frames per utterance
 
 
 class Seq2Seq(nn.Module):
@@ -63,50 +60,18 @@ class Seq2Seq(nn.Module):
         return torch.log_softmax(self.ctc(enc), dim=-1)
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]],
-                owner: list[int] | None = None, weights: list[float] | None = None,
-                ctc_targets: list[list[int]] | None = None, soft: SoftTargets | None = None,
-                ctc_soft: SoftTargets | None = None, share_prefixes: bool = False) -> Losses:
-        """Joint CTC-attention loss; `forward` so that DDP sees every training step.
+                owner: list[int] | None = None, share_prefixes: bool = False) -> Outputs:
+        """Teacher-forced decoder logits along `targets` and the CTC head's logits; `forward` so
+        that DDP sees every training step (the losses are `common.kd.joint_loss`'s).
 
-        Ground truth: one target per utterance. Sequence-level KD: `targets` are hypotheses,
-        `owner[i]` the utterance of hypothesis i and `weights[i]` its weight (summing to 1
-        per utterance); the encoder runs once per utterance and its rows are gathered by index.
-        `share_prefixes` decodes the rows of an utterance once per unique prefix (a trie; same
-        losses and gradients, less decoder work where hypotheses share prefixes).
-        Word-level KD: `soft` holds the teacher's top-M along the target rows; its KL is
-        weighted like the rows' cross-entropy and interpolated with it, W = `soft.weight`:
-        attention loss = (1 - W) CE + W KL (Kim & Rush 2016), so CTC keeps its share.
-        Frame-level KD: `ctc_soft` holds the teacher CTC head's top-M per encoder frame (one row
-        per utterance, same frame rate); CTC loss = (1 - W) CTC + W KL over the valid frames.
+        Ground truth: one target per utterance. Sequence-level KD: `targets` are hypotheses and
+        `owner[i]` the utterance of hypothesis i; the encoder runs once per utterance and its rows
+        are gathered by index. `share_prefixes` decodes the rows of an utterance once per unique
+        prefix (a trie; the same logits, less decoder work where hypotheses share prefixes).
         """
         enc, enc_lens = self.encode(feats, lens)                                  # (B, T', D)
         logits = self.teacher_forced(enc, enc_lens, targets, owner, share_prefixes)  # (N, L, V)
-        _, ys_out = decoder_io(targets, enc.device)
-        per_seq = attention_loss(logits, ys_out, self.cfg.label_smoothing, reduction="none")
-        valid = ys_out != IGNORE
-        a = None if weights is None else torch.tensor(weights, device=enc.device, dtype=per_seq.dtype)
-        att = per_seq.mean() if a is None else (a * per_seq).sum() / enc.shape[0]
-        ctc_logits = self.ctc(enc)                                                # (B, T', V)
-        ctc = ctc_loss(torch.log_softmax(ctc_logits, dim=-1), enc_lens,
-                       targets if ctc_targets is None else ctc_targets)
-        frame_kl = ctc.new_zeros(())
-        if ctc_soft is not None:
-            if ctc_soft.ids.shape[:2] != ctc_logits.shape[:2]:
-                raise ValueError(f"the teacher's CTC frames {tuple(ctc_soft.ids.shape[:2])} are not the "
-                                 f"student's encoder frames {tuple(ctc_logits.shape[:2])}: frame-level KD "
-                                 f"needs a student with the teacher's frame rate")
-            frames = torch.arange(enc.shape[1], device=enc.device).unsqueeze(0) < enc_lens.unsqueeze(1)
-            frame_kl = word_kd_divergence(ctc_logits, ctc_soft, frames).mean()
-            ctc = (1 - ctc_soft.weight) * ctc + ctc_soft.weight * frame_kl
-        w = self.cfg.ctc_weight
-        loss = (1 - w) * att + w * ctc
-        kl = att.new_zeros(())
-        if soft is not None:
-            per_seq_kl = word_kd_divergence(logits, soft, valid)                # (N,)
-            kl = per_seq_kl.mean() if a is None else (a * per_seq_kl).sum() / enc.shape[0]
-            loss = (1 - w) * ((1 - soft.weight) * att + soft.weight * kl) + w * ctc
-        acc = ((logits.argmax(-1) == ys_out) & valid).sum().item() / max(1, int(valid.sum()))
-        return Losses(loss=loss, att=att, ctc=ctc, acc=acc, kl=kl, frame_kl=frame_kl)
+        return Outputs(logits=logits, ctc_logits=self.ctc(enc), enc_lens=enc_lens)
 
     def teacher_forced(self, enc: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]],
                        owner: list[int] | None = None, share_prefixes: bool = False) -> torch.Tensor:
@@ -134,22 +99,3 @@ def decoder_io(targets: list[list[int]], device: torch.device) -> tuple[torch.Te
         ys_out[i, : len(t) + 1] = torch.tensor([*t, EOS_ID], dtype=torch.long)
     return ys_in.to(device), ys_out.to(device)
 
-
-def attention_loss(logits: torch.Tensor, ys_out: torch.Tensor, smoothing: float,
-                   reduction: str = "mean") -> torch.Tensor:
-    """Label-smoothed cross-entropy summed over tokens; per sequence when reduction='none'."""
-    n, length, v = logits.shape
-    tok = F.cross_entropy(logits.reshape(-1, v).float(), ys_out.reshape(-1), ignore_index=IGNORE,
-                          label_smoothing=smoothing, reduction="none").view(n, length)
-    per_seq = tok.sum(1)
-    return per_seq if reduction == "none" else per_seq.mean()
-
-
-def ctc_loss(log_probs: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]],
-             reduction: str = "mean") -> torch.Tensor:
-    """CTC summed over each sequence; mean over the batch unless reduction='none'."""
-    flat = torch.tensor([tok for t in targets for tok in t], dtype=torch.long)
-    tlens = torch.tensor([len(t) for t in targets], dtype=torch.long)
-    loss = F.ctc_loss(log_probs.transpose(0, 1).float(), flat, enc_lens.cpu(), tlens,
-                      blank=BLANK_ID, reduction="none", zero_infinity=True)
-    return loss if reduction == "none" else loss.mean()
