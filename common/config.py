@@ -21,6 +21,15 @@ class ConfigError(ValueError):
     """A recipe that does not match its schema; the message names the key."""
 
 
+class FieldError(ValueError):
+    """A value a config dataclass refuses, naming its field: `str()` is "FIELD MESSAGE" (what a
+    command-line flag's refusal prints), and `from_dict` reports it as "SECTION.FIELD: MESSAGE"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
+
+
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass `cls` from `data`, checking keys and types recursively."""
     if not isinstance(data, dict):
@@ -37,13 +46,15 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             kwargs[name] = _coerce(hints[name], data[name], key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: missing required key")
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        try:
+    try:
+        obj = cls(**kwargs)
+        check = getattr(obj, "validate", None)
+        if check is not None:
             check()
-        except ValueError as exc:
-            raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+    except FieldError as exc:
+        raise ConfigError(f"{_join(where, exc.field)}: {exc.message}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return obj
 
 

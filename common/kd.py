@@ -1,8 +1,9 @@
-"""Knowledge distillation's loss in one place (Kim & Rush 2016; Mun'im, Inoue & Shinoda 2019):
-every term, composed by one function (`joint_loss`) over what the model's forward computes
-(`Seq2Seq.forward` -> `Outputs`: decoder logits, CTC logits, encoder lengths). Ground-truth
-training is the same function with no teacher: one target per utterance, no weights, no
-distributions.
+"""Knowledge distillation in one place (Kim & Rush 2016; Mun'im, Inoue & Shinoda 2019): the KD
+settings (`KDConfig`: the recipe's `kd:` section, the `seqkd distill` flags over it, the bundle
+meta's `kd` entry and its label in the report) and every term of the loss, composed by one
+function (`joint_loss`) over what the model's forward computes (`Seq2Seq.forward` -> `Outputs`:
+decoder logits, CTC logits, encoder lengths). Ground-truth training is the same function with
+no teacher: one target per utterance, no weights, no distributions.
 
 The student learns the teacher's beam-search N-best instead of (or beside) the transcript:
 
@@ -57,14 +58,90 @@ with w_ctc and CE's label smoothing from the model's config.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from common.config import FieldError
 from common.models.config import ModelConfig
 from common.models.seq2seq import IGNORE, Outputs, decoder_io
 from common.tokenizer import BLANK_ID
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """How a student learns from its teacher's labels, all of it: the recipe's `kd:` section (the
+    `seqkd distill` flags override it), the bundle meta's `kd` entry, the report's targets label.
+    Which hypotheses are kept (k, max_wer) is the labels' selection, `trainer.data.PseudoLabels`."""
+
+    weights: Literal["uniform", "score"] = "uniform"   # a_uk: uniform, or softmax(logp / temperature)
+    temperature: float = 1.0
+    gt_weight: float = 0.0            # the transcript's share of the targets, where there is one
+    ctc_target: Literal["1best", "transcript"] = "1best"   # transcript: the 1-best without one
+    word_kd: float = 0.0              # W: attention loss = (1 - W) CE + W KL along each hypothesis
+    kd_temperature: float = 1.0       # T of the word- and frame-level KL (scaled by T^2)
+    expand: bool = False              # each hypothesis its own example (the paper's protocol)
+    frame_kd: float = 0.0             # W_f: CTC loss = (1 - W_f) CTC + W_f KL per encoder frame
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One line naming the field at fault (a recipe's: `kd.FIELD: ...`)."""
+        if self.weights not in ("uniform", "score"):
+            raise FieldError("weights", f"must be 'uniform' or 'score', not {self.weights!r}")
+        if self.weights == "score" and not self.temperature > 0:
+            raise FieldError("temperature", f"must be > 0, not {self.temperature}")
+        for name in ("gt_weight", "word_kd", "frame_kd"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise FieldError(name, f"must be in [0, 1], not {getattr(self, name)}")
+        if self.ctc_target not in ("1best", "transcript"):
+            raise FieldError("ctc_target", f"must be '1best' or 'transcript', not {self.ctc_target!r}")
+        if not self.kd_temperature > 0:
+            raise FieldError("kd_temperature", f"must be > 0, not {self.kd_temperature}")
+
+    @property
+    def soft(self) -> bool:
+        """Whether the rows must carry the teacher's stored distributions."""
+        return self.word_kd > 0 or self.frame_kd > 0
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "KDConfig":
+        """The `kd` entry of a KD bundle's meta.json (of an older bundle: its flat keys)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (meta.get("kd") or meta).items() if k in names})
+
+    def describe(self, k: int = 1, max_wer: float | None = None) -> list[str]:
+        """The report's words for these settings after "KD k=K b=B" (with the labels' selection,
+        k and max_wer), e.g. ["+word 0.5", "+frame 0.5"]."""
+        parts = [f"score T={self.temperature}"] if self.weights == "score" else ["uniform"] * (k > 1)
+        parts += [f"+GT {self.gt_weight}"] * bool(self.gt_weight)
+        parts += [f"WER<={max_wer}"] * (max_wer is not None)
+        parts += [f"+word {self.word_kd:g}"] * bool(self.word_kd)
+        parts += [f"+frame {self.frame_kd:g}"] * bool(self.frame_kd)
+        parts += [f"T={self.kd_temperature:g}"] * (self.soft and self.kd_temperature != 1)
+        return parts + ["expanded"] * self.expand
+
+    def assemble(self, hyps: list[list[list[int]]], logps: list[list[float]], truths: list[list[int]],
+                 topms: list[list] | None = None) -> tuple[list[list[list[int]]], list[list[float]],
+                                                           list[list[int]], list]:
+        """Per utterance (its kept hypotheses, their teacher log-probs, its transcript's tokens,
+        possibly empty, and the teacher's top-M along each hypothesis): its target token lists,
+        their weights a_uk (summing to 1) and its CTC target; and per target row, the teacher's
+        top-M along it (None for a transcript row)."""
+        out_hyps, weights, ctc, soft = [], [], [], []
+        for hyp, logp, truth, topm in zip(hyps, logps, truths, topms or [[None] * len(h) for h in hyps]):
+            a = hypothesis_weights(logp, self.weights, self.temperature)
+            ctc.append(truth if self.ctc_target == "transcript" and truth else hyp[0])
+            soft += topm
+            if self.gt_weight > 0 and truth:
+                hyp, a = [*hyp, truth], [(1 - self.gt_weight) * x for x in a] + [self.gt_weight]
+                soft.append(None)
+            out_hyps.append(hyp)
+            weights.append(a)
+        return out_hyps, weights, ctc, soft
 
 
 def hypothesis_weights(logps: list[float], mode: str = "uniform", temperature: float = 1.0) -> list[float]:

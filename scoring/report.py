@@ -26,6 +26,7 @@ from rich.table import Table
 
 from common.beam_search import BeamConfig
 from common.bundle import BundleError, disk_bytes, find_bundle, model_form, model_name
+from common.kd import KDConfig
 from common.metrics import bootstrap_wer, utterance_errors
 from common.teachers import teacher_files, teacher_id, teacher_meta
 from scoring.evaluate import evaluate, write_evaluation
@@ -69,25 +70,9 @@ def targets_label(meta: dict) -> str:
         return "pretrained"
     if meta.get("targets") != "kd":
         return "GT"
-    extra = []
-    if meta.get("weights") == "score":
-        extra.append(f"score T={meta.get('temperature')}")
-    elif meta.get("k", 1) > 1:
-        extra.append("uniform")
-    if meta.get("gt_weight"):
-        extra.append(f"+GT {meta['gt_weight']}")
-    if meta.get("max_wer") is not None:
-        extra.append(f"WER<={meta['max_wer']}")
-    if meta.get("word_kd"):
-        extra.append(f"+word {meta['word_kd']:g}")
-    if meta.get("frame_kd"):
-        extra.append(f"+frame {meta['frame_kd']:g}")
-    if (meta.get("word_kd") or meta.get("frame_kd")) and meta.get("kd_temperature", 1) != 1:
-        extra.append(f"T={meta['kd_temperature']:g}")
-    if meta.get("expand"):
-        extra.append("expanded")
     beam = f" b={meta['label_beam']}" if meta.get("label_beam") else ""
-    return " ".join([f"KD k={meta.get('k')}{beam}", *extra])
+    return " ".join([f"KD k={meta.get('k')}{beam}",
+                     *KDConfig.from_meta(meta).describe(meta.get("k", 1), meta.get("max_wer"))])
 
 
 def evaluation(bundle: Path, test: Path, cfg: BeamConfig, cache: Path) -> tuple[dict, dict]:

@@ -24,8 +24,8 @@ from rich.console import Console
 
 from common.beam_search import BeamConfig
 from common.corpora.manifest import iter_rows
+from common.kd import KDConfig
 from trainer.data import PseudoLabels
-from trainer.distill import SequenceKD
 from seqkd.console import wide_console
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -50,7 +50,7 @@ class DemoSettings:
     # word-level (decoder) and frame-level (CTC) KD, each at half the weight of its branch; k = 1
     # also keeps the KD run's cost that of the GT run (k = 5 doubles the decoder's work)
     pseudo: PseudoLabels = PseudoLabels(k=1)
-    kd: SequenceKD = SequenceKD(word_kd=0.5, frame_kd=0.5)
+    kd: KDConfig = KDConfig(word_kd=0.5, frame_kd=0.5)
     http_files: int = 3
     test_unseen_engine: int = 100           # test utterances of an engine no training one uses
     recorded: bool = True                   # score every model on the Asterisk recordings too

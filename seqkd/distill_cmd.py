@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from seqkd.train_cmd import add_run_arguments, overrides
@@ -24,39 +25,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_kd_arguments(p: argparse.ArgumentParser) -> None:
-    """The KD settings (shared with `seqkd demo`)."""
+    """The label selection (k, max_wer) and the KD settings, each over the recipe's `kd:` section
+    (`common.kd.KDConfig`; a flag left out takes the recipe's value, else the default named)."""
     p.add_argument("--k", type=int, default=5, help="top-k teacher hypotheses per utterance")
-    p.add_argument("--weights", choices=["uniform", "score"], default="uniform",
-                   help="weight per hypothesis: uniform, or softmax(teacher logp / temperature)")
-    p.add_argument("--temperature", type=float, default=1.0, help="temperature of --weights score")
-    p.add_argument("--gt-weight", type=float, default=0.0,
-                   help="share of the loss on the transcript, where there is one (0 = pure KD)")
+    p.add_argument("--weights", choices=["uniform", "score"],
+                   help="weight per hypothesis: uniform (default), or softmax(teacher logp / temperature)")
+    p.add_argument("--temperature", type=float, help="temperature of --weights score (default 1)")
+    p.add_argument("--gt-weight", type=float,
+                   help="share of the loss on the transcript, where there is one (default 0 = pure KD)")
     p.add_argument("--max-wer", type=float, default=None,
                    help="drop hypotheses whose WER against the transcript exceeds this (e.g. 0.5)")
-    p.add_argument("--ctc-target", choices=["1best", "transcript"], default="1best",
-                   help="what the CTC branch learns")
-    p.add_argument("--word-kd", type=float, default=0.0, metavar="W",
+    p.add_argument("--ctc-target", choices=["1best", "transcript"],
+                   help="what the CTC branch learns (default 1best)")
+    p.add_argument("--word-kd", type=float, metavar="W",
                    help="decoder loss = (1 - W) x cross-entropy + W x KL to the teacher's top-M "
                         "distributions along each hypothesis (labels made with `seqkd label --topm M`; "
-                        "0 = sequence-level only)")
-    p.add_argument("--frame-kd", type=float, default=0.0, metavar="W",
+                        "default 0 = sequence-level only)")
+    p.add_argument("--frame-kd", type=float, metavar="W",
                    help="CTC loss = (1 - W) x CTC + W x KL to the teacher's CTC distribution per encoder "
-                        "frame (a student with the teacher's frame rate; labels made with --topm)")
-    p.add_argument("--kd-temperature", type=float, default=1.0, metavar="T",
-                   help="temperature of the word-level KL (the loss is scaled by T^2)")
-    p.add_argument("--expand", action="store_true",
+                        "frame (a student with the teacher's frame rate; labels made with --topm; default 0)")
+    p.add_argument("--kd-temperature", type=float, metavar="T",
+                   help="temperature of the word- and frame-level KL (the loss is scaled by T^2; default 1)")
+    p.add_argument("--expand", action=argparse.BooleanOptionalAction,
                    help="each hypothesis its own training example (the paper's protocol; an epoch "
-                        "is k x utterances) instead of k targets beside one encoder pass")
+                        "is k x utterances) instead of k targets beside one encoder pass (default no)")
 
 
-def kd_settings(args: argparse.Namespace):
+def settings(args: argparse.Namespace):
+    """The recipe with the flags over it (the KD flags over its `kd:` section, validated like the
+    file), the labels' selection, and the KD settings."""
+    from common.kd import KDConfig
     from trainer.data import PseudoLabels
-    from trainer.distill import SequenceKD
+    from trainer.recipe import load_recipe
 
-    return (PseudoLabels(k=args.k, max_wer=args.max_wer),
-            SequenceKD(weights=args.weights, temperature=args.temperature,
-                       gt_weight=args.gt_weight, ctc_target=args.ctc_target, word_kd=args.word_kd,
-                       kd_temperature=args.kd_temperature, expand=args.expand, frame_kd=args.frame_kd))
+    kd_flags = {f.name: getattr(args, f.name) for f in fields(KDConfig)}
+    recipe = load_recipe(args.config, {**overrides(args), "kd": kd_flags})
+    return recipe, PseudoLabels(k=args.k, max_wer=args.max_wer), recipe.kd or KDConfig()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,17 +68,15 @@ def run(args: argparse.Namespace) -> int:
     from common.corpora.manifest import ManifestError
     from seqkd.ray_connect import connect
     from trainer.distill import distill, open_all
-    from trainer.recipe import load_recipe
     from trainer.run import RunError, require_cpus
 
     try:
-        pseudo, objective = kd_settings(args)
-        recipe = load_recipe(args.config, overrides(args))
+        recipe, pseudo, kd = settings(args)
         check_data(args.labels, args.dev)   # refuse damaged shards now, not hours in
         open_all(args.labels)   # refuse what is not pseudo labels before starting Ray
         if connect(args.address, args.num_cpus):
             require_cpus(recipe)
-        summary = distill(recipe, args.labels, args.dev, args.out, pseudo, objective, args.resume)
+        summary = distill(recipe, args.labels, args.dev, args.out, pseudo, kd, args.resume)
     except (ConfigError, ManifestError, RunError, ValueError) as exc:
         print(f"seqkd distill: {exc}", file=sys.stderr)
         return 2

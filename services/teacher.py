@@ -38,6 +38,7 @@ from ray.serve.config import BackpressureConfig
 
 from common.audio import AudioError, AudioLimits, AudioTooLongError
 from common.beam_search import BeamConfig
+from common.kd import KDConfig
 from common.teachers import TeacherFiles, load_transcriber, teacher_files
 from services.overload import Admission, Busy
 from services.requests import Limits, check_token, parse
@@ -63,15 +64,18 @@ ASSETS = {"page.js": (PAGE / "page.js", "text/javascript"), "page.css": (PAGE / 
 
 # What a client may see of a bundle's meta.json: how the model was trained and how it scored.
 # An allow-list, since meta.json also holds the server's paths (train_data, dev_data) and may
-# gain more fields; what is not named here is not sent.
+# gain more fields; what is not named here is not sent. A KD bundle's settings go as `kd`, read
+# through `common.kd.KDConfig` (its fields, nothing else).
 PUBLIC_META = ("recipe", "targets", "epochs", "steps", "step", "best_step", "dev_wer", "best_dev_wer",
-               "stopped_early", "train_seconds", "teacher_id", "k", "weights", "temperature", "gt_weight",
-               "max_wer", "ctc_target", "word_kd", "frame_kd", "kd_temperature", "expand", "label_beam",
+               "stopped_early", "train_seconds", "teacher_id", "k", "max_wer", "label_beam",
                "teacher_kind", "precision")
 
 
 def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    return {key: meta[key] for key in PUBLIC_META if key in meta}
+    public = {key: meta[key] for key in PUBLIC_META if key in meta}
+    if meta.get("targets") == "kd":
+        public["kd"] = asdict(KDConfig.from_meta(meta))
+    return public
 
 
 def check_load_limits(max_batch_size: int, max_queued_requests: int, retry_after_s: float) -> None:

@@ -67,7 +67,8 @@ def test_student_trains_on_the_teachers_nbest(kd_run, tiny_bundle):
     teacher = load_bundle(tiny_bundle[0])
     student = load_bundle(out / "bundle")
     assert summary["steps"] == 6
-    assert student.meta["targets"] == "kd" and student.meta["k"] == 3 and student.meta["gt_weight"] == 0.25
+    assert student.meta["targets"] == "kd" and student.meta["k"] == 3 \
+        and student.meta["kd"]["gt_weight"] == 0.25
     assert student.meta["teacher_id"] == bundle_id(tiny_bundle[0])
     assert student.tokenizer.proto == teacher.tokenizer.proto   # the student speaks the teacher's ids
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -203,8 +204,8 @@ def test_word_kd_and_expand_train_a_student(soft_labels, tiny_bundle, tmp_path):
     summary = distill(recipe, soft_labels, None, tmp_path / "run", PseudoLabels(k=2),
                       SequenceKD(word_kd=0.5, kd_temperature=2.0, expand=True, frame_kd=0.5))
     meta = load_bundle(tmp_path / "run" / "bundle").meta
-    assert summary["steps"] == 6 and meta["word_kd"] == 0.5 and meta["expand"] is True
-    assert meta["frame_kd"] == 0.5
+    assert summary["steps"] == 6 and meta["kd"]["word_kd"] == 0.5 and meta["kd"]["expand"] is True
+    assert meta["kd"]["frame_kd"] == 0.5
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [m for m in steps if m["kind"] == "train"]
     assert train_steps and all(m["kl"] > 0 and m["frame_kl"] > 0 and m["targets_per_utt"] == 1.0

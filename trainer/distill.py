@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.corpora.manifest import shard_paths
-from common.kd import hypothesis_weights, sequence_kd_loss, soft_targets
+from common.kd import KDConfig, sequence_kd_loss, soft_targets
 from common.labels import HYP_TEXT, HYPS, INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
 from common.text import target_text
@@ -35,38 +35,14 @@ from trainer.run import RunError, RunPaths, train
 
 
 @dataclass(frozen=True)
-class SequenceKD(Objective):
-    """The KD objective: weighted attention loss over each utterance's kept hypotheses.
+class SequenceKD(KDConfig, Objective):
+    """The KD objective: its settings are `common.kd.KDConfig`'s (this is one, so a recipe's `kd:`
+    section, the flags and the bundle meta name the same fields); it adds the batches (`expand`:
+    each hypothesis its own example) and the loss over a batch's rows."""
 
-    `gt_weight` > 0 adds the transcript as one more target with that share of the weight
-    (where a transcript exists); CTC learns the teacher's 1-best or the transcript.
-    `word_kd` W > 0 trains the decoder on (1 - W) x cross-entropy + W x the KL to the teacher's
-    stored top-M distributions along every hypothesis (word-level KD, at `kd_temperature`); `expand` trains each hypothesis as its own
-    example (the paper's protocol) instead of all k beside one shared encoder pass.
-    """
-
-    weights: str = "uniform"          # or "score": softmax(teacher logp / temperature)
-    temperature: float = 1.0
-    gt_weight: float = 0.0
-    ctc_target: str = "1best"         # or "transcript" (falls back to the 1-best without one)
-    word_kd: float = 0.0
-    kd_temperature: float = 1.0
-    expand: bool = False
-    frame_kd: float = 0.0             # CTC branch: (1 - W) CTC + W KL to the teacher's CTC per frame
-
-    def __post_init__(self) -> None:
-        hypothesis_weights([0.0], self.weights, self.temperature)   # validates mode and temperature
-        if not 0.0 <= self.gt_weight <= 1.0:
-            raise ValueError(f"gt_weight must be in [0, 1], not {self.gt_weight}")
-        if self.ctc_target not in ("1best", "transcript"):
-            raise ValueError(f"ctc_target must be '1best' or 'transcript', not {self.ctc_target!r}")
-        if not 0 <= self.word_kd <= 1 or not 0 <= self.frame_kd <= 1 or not self.kd_temperature > 0:
-            raise ValueError("word_kd and frame_kd must be in [0, 1] and kd_temperature > 0")
-
-    @property
-    def soft(self) -> bool:
-        """Whether the rows must carry the teacher's stored distributions."""
-        return self.word_kd > 0 or self.frame_kd > 0
+    @classmethod
+    def of(cls, kd: KDConfig) -> "SequenceKD":
+        return kd if isinstance(kd, cls) else cls(**asdict(kd))
 
     def batches(self, pools, max_frames: int, n_mels: int, rng) -> Iterator[Batch]:
         return (expanded if self.expand else bucketed)(pools, max_frames, n_mels, rng)
@@ -79,18 +55,7 @@ class SequenceKD(Objective):
             raise ValueError("sequence-level KD needs pseudo-labelled rows (hyp_tokens, hyp_logp)")
         if self.word_kd and batch.hyp_topm is None:
             raise ValueError("word-level KD needs the teacher's top-M in the rows (PseudoLabels.soft)")
-        hyps, weights, ctc, soft = [], [], [], []
-        topms = batch.hyp_topm or [[None] * len(h) for h in batch.hyps]
-        for hyp, logp, truth, topm in zip(batch.hyps, batch.hyp_logps, batch.targets, topms):
-            a = hypothesis_weights(logp, self.weights, self.temperature)
-            ctc.append(truth if self.ctc_target == "transcript" and truth else hyp[0])
-            soft += topm
-            if self.gt_weight > 0 and truth:
-                hyp, a = [*hyp, truth], [(1 - self.gt_weight) * x for x in a] + [self.gt_weight]
-                soft.append(None)
-            hyps.append(hyp)
-            weights.append(a)
-        return hyps, weights, ctc, soft
+        return self.assemble(batch.hyps, batch.hyp_logps, batch.targets, batch.hyp_topm)
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         hyps, weights, ctc, soft = self.targets(batch)
@@ -186,9 +151,10 @@ def open_all(dirs: list[str | Path]) -> Labels:
 
 
 def distill(recipe: Recipe, labels_dir: str | Path | list, dev_dir: str | Path | None, out: str | Path,
-            pseudo: PseudoLabels, objective: SequenceKD, resume: bool = False) -> dict[str, Any]:
+            pseudo: PseudoLabels, kd: KDConfig, resume: bool = False) -> dict[str, Any]:
     """Train `recipe` on the teacher's N-best in `labels_dir` (one directory or a list) with Ray
-    Train; return the summary."""
+    Train; return the summary. `kd` is what decides the loss (the caller's merge of the recipe's
+    `kd:` section and its flags): the run's recipe.yaml records it, the bundle meta's `kd` entry too."""
     if pseudo.k < 1:
         raise RunError(f"--k must be at least 1, not {pseudo.k}")
     dirs = list(labels_dir) if isinstance(labels_dir, (list, tuple)) else [labels_dir]
@@ -198,26 +164,28 @@ def distill(recipe: Recipe, labels_dir: str | Path | list, dev_dir: str | Path |
     if nbest is not None and pseudo.k > nbest:
         raise RunError(f"--k {pseudo.k} asks for more hypotheses than the labels hold "
                        f"(labelled with nbest {nbest})")
-    if objective.soft and labels.foreign_vocabulary:
+    if kd.soft and labels.foreign_vocabulary:
         raise RunError(f"--word-kd / --frame-kd compare distributions over the teacher's vocabulary, "
                        f"and the labels in {labels.path} are by a {labels.kind} teacher of another "
                        f"one: use sequence-level KD (--k, --weights) for such labels")
-    if objective.soft and not labels.decode.get("topm"):
+    if kd.soft and not labels.decode.get("topm"):
         raise RunError(f"--word-kd / --frame-kd need the teacher's top-M distributions, and the labels "
                        f"in {labels.path} have none: label again with `seqkd label --topm 8`")
-    pseudo = replace(pseudo, soft=objective.soft, retokenize=labels.foreign_vocabulary)
+    pseudo = replace(pseudo, soft=kd.soft, retokenize=labels.foreign_vocabulary)
     tokenizer = labels.tokenizer
     if tokenizer is None and not (RunPaths(Path(out)).frontend / "tokenizer.model").exists():
         tokenizer = hypothesis_tokenizer(recipe, dirs, pseudo.k)
-    kd = {"targets": "kd", "teacher_id": labels.teacher_id, "k": pseudo.k, "max_wer": pseudo.max_wer,
-          "weights": objective.weights, "temperature": objective.temperature,
-          "gt_weight": objective.gt_weight, "ctc_target": objective.ctc_target,
-          "word_kd": objective.word_kd, "kd_temperature": objective.kd_temperature,
-          "expand": objective.expand, "frame_kd": objective.frame_kd,
-          "label_beam": labels.decode.get("beam"), "teacher_kind": labels.kind}
-    summary = train(recipe, dirs, dev_dir, out, resume=resume, objective=objective,
-                    tokenizer=tokenizer, pseudo=pseudo, extra_meta=kd)
-    return {**summary, **kd}
+    meta = bundle_meta(labels, pseudo, kd)
+    summary = train(replace(recipe, kd=KDConfig(**meta["kd"])), dirs, dev_dir, out, resume=resume,
+                    objective=SequenceKD.of(kd), tokenizer=tokenizer, pseudo=pseudo, extra_meta=meta)
+    return {**summary, **meta}
+
+
+def bundle_meta(labels: Labels, pseudo: PseudoLabels, kd: KDConfig) -> dict[str, Any]:
+    """What a KD student's meta.json says of its targets: the teacher, the labels' selection and
+    the KD settings as one `kd` entry (`KDConfig.from_meta` reads it back)."""
+    return {"targets": "kd", "teacher_id": labels.teacher_id, "k": pseudo.k, "max_wer": pseudo.max_wer,
+            "kd": asdict(kd), "label_beam": labels.decode.get("beam"), "teacher_kind": labels.kind}
 
 
 def hypothesis_tokenizer(recipe: Recipe, dirs: list, k: int) -> Tokenizer:

@@ -1,8 +1,10 @@
 """Training recipes: one YAML file = model + tokenizer + features + optimisation, checked on load.
 
 A recipe names everything that decides the result, so a run directory plus its recipe
-says exactly how a bundle was made. Command-line overrides (`--epochs`, `--max-steps`,
-`--num-workers`) go through the same validation as the file.
+says exactly how a bundle was made; a student's KD settings are its optional `kd:` section
+(`common.kd.KDConfig`, read by `seqkd distill`, whose flags override it; the run's recipe.yaml
+holds what it trained with). Command-line overrides (`--epochs`, `--max-steps`,
+`--num-workers`, the KD flags) go through the same validation as the file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Literal
 
 from common.config import ConfigError, from_dict, load_yaml
 from common.features import FeatureConfig, SpecAugmentConfig
+from common.kd import KDConfig
 from common.models import ModelConfig
 
 
@@ -110,6 +113,7 @@ class _RecipeShell:
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     scaling: ScalingRecipe = field(default_factory=ScalingRecipe)
+    kd: KDConfig | None = None         # distillation's settings (None: KDConfig's defaults)
     name: str = ""
     description: str = ""
 
