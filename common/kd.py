@@ -143,6 +143,20 @@ class KDConfig:
             weights.append(a)
         return out_hyps, weights, ctc, soft
 
+    def distributions(self, rows: list, length: int, ctc_rows: list | None,
+                      device: torch.device) -> tuple[SoftTargets | None, SoftTargets | None]:
+        """The teacher's stored distributions as `joint_loss` reads them, at these weights and
+        temperature: along the target rows (`assemble`'s, padded to `length` positions; None
+        without word-level KD), and per encoder frame (`ctc_rows`, one per utterance; None
+        without frame-level KD)."""
+        words = frames = None
+        if self.word_kd:
+            words = soft_targets(rows, length, self.word_kd, self.kd_temperature, device)
+        if self.frame_kd:
+            frames = soft_targets(ctc_rows, max(len(c[0]) for c in ctc_rows), self.frame_kd,
+                                  self.kd_temperature, device)
+        return words, frames
+
 
 def hypothesis_weights(logps: list[float], mode: str = "uniform", temperature: float = 1.0) -> list[float]:
     """Weights a_k over one utterance's hypotheses: uniform, or softmax(logp / temperature)."""

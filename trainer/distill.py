@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.corpora.manifest import shard_paths
-from common.kd import KDConfig, sequence_kd_loss, soft_targets
+from common.kd import KDConfig, sequence_kd_loss
 from common.labels import HYP_TEXT, HYPS, INDEX as LABELS_INDEX, TOKENIZER as LABELS_TOKENIZER
 from common.tokenizer import Tokenizer
 from common.text import target_text
@@ -59,17 +59,11 @@ class SequenceKD(KDConfig, Objective):
 
     def loss(self, model: torch.nn.Module, feats: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         hyps, weights, ctc, soft = self.targets(batch)
-        length = max(len(t) for h in hyps for t in h) + 1
-        targets = soft_targets(soft, length, self.word_kd, self.kd_temperature, feats.device) \
-            if self.word_kd else None
-        frames = None
-        if self.frame_kd:
-            if batch.ctc_topm is None:
-                raise ValueError("frame-level KD needs the teacher's CTC top-M in the rows (PseudoLabels.soft)")
-            frames = soft_targets(batch.ctc_topm, max(len(c[0]) for c in batch.ctc_topm), self.frame_kd,
-                                  self.kd_temperature, feats.device)
-        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc, targets,
-                               frames)
+        if self.frame_kd and batch.ctc_topm is None:
+            raise ValueError("frame-level KD needs the teacher's CTC top-M in the rows (PseudoLabels.soft)")
+        words, frames = self.distributions(soft, max(len(t) for h in hyps for t in h) + 1, batch.ctc_topm,
+                                           feats.device)
+        out = sequence_kd_loss(model, feats, batch.lens.to(feats.device), hyps, weights, ctc, words, frames)
         tokens = sum(w * (len(t) + 1) for ts, ws in zip(hyps, weights) for t, w in zip(ts, ws))
         return {**out, "att_per_token": out["att"] * len(hyps) / tokens,
                 "targets_per_utt": torch.tensor(sum(map(len, hyps)) / len(hyps))}
