@@ -58,7 +58,8 @@ def settings(args: argparse.Namespace):
     from trainer.data import PseudoLabels
     from trainer.recipe import load_recipe
 
-    kd_flags = {f.name: getattr(args, f.name) for f in fields(KDConfig)}
+    # a flag left out, or a setting that has none, is the recipe's
+    kd_flags = {f.name: getattr(args, f.name, None) for f in fields(KDConfig)}
     recipe = load_recipe(args.config, {**overrides(args), "kd": kd_flags})
     return recipe, PseudoLabels(k=args.k, max_wer=args.max_wer), recipe.kd or KDConfig()
 

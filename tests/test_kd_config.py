@@ -34,9 +34,11 @@ def write_recipe(tmp_path: Path, kd: dict | None) -> Path:
     return path
 
 
-def distill_settings(recipe: Path, *flags: str):
+def distill_settings(recipe: Path, *flags: str, without: str = ""):
     args = build_parser().parse_args(["distill", "--config", str(recipe), "--labels", "L", "--out", "RUN",
                                       *flags])
+    if without:   # a setting that has no flag
+        delattr(args, without)
     return settings(args)
 
 
@@ -50,6 +52,7 @@ def test_a_recipes_kd_section_loads_and_the_flags_override_it(tmp_path):
 
     _, _, kd = distill_settings(path, "--word-kd", "0.25", "--no-expand", "--weights", "score", "--k", "2")
     assert kd == KDConfig(weights="score", word_kd=0.25, frame_kd=0.5, kd_temperature=2.0, expand=False)
+    assert distill_settings(path, "--word-kd", "0.25", without="expand")[2].expand is True
 
     recipe, _, kd = distill_settings(write_recipe(tmp_path, None))   # no section, no flags: the defaults
     assert recipe.kd is None and kd == KDConfig() and kd.soft is False
