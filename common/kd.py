@@ -70,6 +70,10 @@ from common.models.seq2seq import IGNORE, Outputs, decoder_io
 from common.tokenizer import BLANK_ID
 
 
+# the settings `KDConfig.describe` has its own words for
+_DESCRIBED = {"weights", "temperature", "gt_weight", "word_kd", "kd_temperature", "expand", "frame_kd"}
+
+
 @dataclass(frozen=True)
 class KDConfig:
     """How a student learns from its teacher's labels, all of it: the recipe's `kd:` section (the
@@ -122,7 +126,10 @@ class KDConfig:
         parts += [f"+word {self.word_kd:g}"] * bool(self.word_kd)
         parts += [f"+frame {self.frame_kd:g}"] * bool(self.frame_kd)
         parts += [f"T={self.kd_temperature:g}"] * (self.soft and self.kd_temperature != 1)
-        return parts + ["expanded"] * self.expand
+        parts += ["expanded"] * self.expand
+        # a setting without words above is named as it is written, where it is not its default
+        return parts + [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                        if f.name not in _DESCRIBED and getattr(self, f.name) != f.default]
 
     def assemble(self, hyps: list[list[list[int]]], logps: list[list[float]], truths: list[list[int]],
                  topms: list[list] | None = None) -> tuple[list[list[list[int]]], list[list[float]],

@@ -109,6 +109,8 @@ LABELS = Labels(Path("L"), "teacher123", {"beam": 5, "nbest": 5, "topm": 8}, Non
      KDConfig(weights="score", temperature=2.0, gt_weight=0.25, word_kd=0.5, kd_temperature=2.0, expand=True),
      "KD k=3 b=5 score T=2.0 +GT 0.25 WER<=0.5 +word 0.5 T=2 expanded"),
     (PseudoLabels(k=2), KDConfig(kd_temperature=3.0), "KD k=2 b=5 uniform"),
+    # a setting the label has no words for is named as written, where it is not its default
+    (PseudoLabels(k=1), KDConfig(ctc_target="transcript"), "KD k=1 b=5 ctc_target=transcript"),
 ])
 def test_the_bundle_meta_kd_entry_round_trips_into_the_report_label(pseudo, kd, label):
     meta = json.loads(json.dumps(bundle_meta(LABELS, pseudo, kd)))   # as meta.json holds it
