@@ -8,7 +8,8 @@ padded batch scores every prefix as its utterance would alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,6 +25,8 @@ class CTCState:
     psi: torch.Tensor    # (N,): log prefix probability of each row's prefix
     last: torch.Tensor   # (N,): last token of the prefix (-1 for the empty prefix)
     length: int          # prefix length, the same for every row at a given step
+    peak: torch.Tensor | None = None  # (N,): frame where the last token was most likely first
+                                      # emitted (the windowed scorer's; -1 for the empty prefix)
 
 
 @dataclass
@@ -32,11 +35,12 @@ class Extension:
 
     Only frames from `lo` on: a prefix of L tokens cannot end before frame L - 1, so the frames
     before the parent's length hold -inf for every extension and are never computed."""
-    xs: torch.Tensor     # (T - lo, N, C): log p(candidate) per frame
-    phi: torch.Tensor    # (T - lo, N, C): log prob. of the parent's prefix being complete
+    xs: torch.Tensor     # (T', N, C): log p(candidate) per frame held
+    phi: torch.Tensor    # (T', N, C): log prob. of the parent's prefix being complete
     psi: torch.Tensor    # (N, C): log prefix probability of each extended prefix
-    lo: int              # the first frame held
+    lo: int              # the first frame held: frames lo .. T - 1
     first: bool          # the parent is the empty prefix: the token may be frame 0's label
+    frames: torch.Tensor | None = None  # (T', N): per row, the frames held (a window) instead
 
 
 class CTCPrefixScorer:
@@ -61,20 +65,28 @@ class CTCPrefixScorer:
         psi(g+c) needs only the parent's forward variables: sum over t of phi(t-1) x_c(t), one
         `logsumexp` over frames. The extended prefix's own variables are computed by `select`,
         for the rows the search keeps."""
-        t_max = self.x.shape[0]
-        lo = min(max(1, state.length), t_max) - 1                   # frame start - 1
-        xs = torch.gather(self.x[lo:], 2, cand.unsqueeze(0).expand(t_max - lo, -1, -1))  # (T', N, C)
-        r = state.r[lo:]
+        xs, r, lo, frames = self._frames(state, cand)                 # (T', N, C), (T', 2, N)
+        first = state.length == 0
         r_sum = torch.logaddexp(r[:, 0], r[:, 1])                     # (T', N)
         repeat = (cand == state.last.unsqueeze(1)).unsqueeze(0)       # (1, N, C)
         phi = torch.where(repeat, r[:, 1].unsqueeze(-1), r_sum.unsqueeze(-1))  # (T', N, C)
         terms = phi[:-1] + xs[1:]
-        if state.length == 0:   # the token can be the first frame's label
+        if first:   # the token can be the first frame's label
             terms = torch.cat([xs[:1], terms], dim=0)
-        psi = torch.logsumexp(terms, dim=0) if terms.shape[0] else xs.new_full(cand.shape, NEG_INF)
-        psi = torch.where(cand == EOS_ID, r_sum[-1].unsqueeze(-1), psi)
-        return psi - state.psi.unsqueeze(1), Extension(xs=xs, phi=phi, psi=psi, lo=lo,
-                                                       first=state.length == 0)
+        psi = logsumexp(terms, dim=0) if terms.shape[0] else xs.new_full(cand.shape, NEG_INF)
+        end = torch.logaddexp(state.r[-1, 0], state.r[-1, 1])        # (N,): the prefix is complete
+        psi = torch.where(cand == EOS_ID, end.unsqueeze(-1), psi)
+        return psi - state.psi.unsqueeze(1), Extension(xs=xs, phi=phi, psi=psi, lo=lo, first=first,
+                                                       frames=frames)
+
+    def _frames(self, state: CTCState, cand: torch.Tensor):
+        """The frames a step scores: from the parent's length on (a prefix of L tokens cannot
+        end before frame L - 1). -> the candidates' log-probs there (T', N, C), the parent's
+        forward variables (T', 2, N), the first frame, and None (the same frames for every row)."""
+        t_max = self.x.shape[0]
+        lo = min(max(1, state.length), t_max) - 1                   # frame start - 1
+        xs = torch.gather(self.x[lo:], 2, cand.unsqueeze(0).expand(t_max - lo, -1, -1))
+        return xs, state.r[lo:], lo, None
 
     def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
                length: int) -> CTCState:
@@ -87,19 +99,37 @@ class CTCPrefixScorer:
 
     def trim_time(self, state: CTCState, frames: int) -> tuple["CTCPrefixScorer", CTCState]:
         """Keep the first `frames` frames: enough for every remaining row, so scores are unchanged."""
-        out = type(self).__new__(type(self))
+        out = copy.copy(self)
         out.x = self.x[:frames]
-        return out, CTCState(r=state.r[:frames], psi=state.psi, last=state.last, length=state.length)
+        return out, replace(state, r=state.r[:frames])
 
     def select_rows(self, rows: torch.Tensor) -> "CTCPrefixScorer":
-        out = type(self).__new__(type(self))
+        out = copy.copy(self)
         out.x = self.x.index_select(1, rows)
         return out
 
 
 def select_state(state: CTCState, rows: torch.Tensor) -> CTCState:
     return CTCState(r=state.r.index_select(2, rows), psi=state.psi.index_select(0, rows),
-                    last=state.last.index_select(0, rows), length=state.length)
+                    last=state.last.index_select(0, rows), length=state.length,
+                    peak=None if state.peak is None else state.peak.index_select(0, rows))
+
+
+# Terms further than this below their maximum change a float32 sum by less than 1e-30 of it, and
+# torch's CPU `exp` takes a slow path for arguments that underflow (measured: 17 ns an element at
+# -200, 42 ns near -95, 2 ns at -1), so `logsumexp` raises them to it first.
+_LSE_FLOOR = -80.0
+
+
+def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.logsumexp with every term at least `_LSE_FLOOR` below the maximum: the same sums to
+    float32 precision, up to 8x faster on a CPU where most terms are far below the best one (as the
+    frames away from a token's alignment are). -inf where every term is -inf."""
+    top = x.amax(dim, keepdim=True)
+    finite = torch.isfinite(top)
+    top = torch.where(finite, top, torch.zeros_like(top))
+    total = torch.exp((x - top).clamp_min(_LSE_FLOOR)).sum(dim, keepdim=True).log() + top
+    return total.masked_fill(~finite, NEG_INF).squeeze(dim)
 
 
 # Past a row's end every non-blank frame is -inf; the closed form below needs finite sums, so
