@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from common.ctc_prefix import CTCPrefixScorer, CTCState, select_state
+from common.ctc_window import WindowedCTCPrefixScorer
 from common.models.rows import select_rows
 from common.tokenizer import BLANK_ID, EOS_ID, SOS_ID
 
@@ -36,6 +37,8 @@ class BeamConfig:
     max_len_ratio: float = 1.0     # at most ratio x encoder frames output tokens (at least 1)
     ctc_candidates: float = 1.5    # CTC scores the ceil(ratio x beam) best attention tokens per row
     topm: int = 0                  # keep the decoder's top-M tokens per position (word-level KD)
+    ctc_window: int = 0            # CTC scores a row's next token only within this many frames of
+                                   # its last one (common.ctc_window; 0: every frame, exact)
 
     def validate(self) -> None:
         if self.beam < 1:
@@ -48,6 +51,10 @@ class BeamConfig:
             raise ValueError("max_len_ratio must be > 0")
         if self.topm < 0:
             raise ValueError("topm must be >= 0")
+        if self.ctc_window < 0:
+            raise ValueError("ctc_window must be >= 0 frames (0: no window)")
+        if self.ctc_window and not self.ctc_weight:
+            raise ValueError("ctc_window windows the CTC prefix scores: it needs ctc_weight > 0")
 
 
 @dataclass
@@ -120,8 +127,8 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfi
                 ctc_scorer: type[CTCPrefixScorer] = CTCPrefixScorer) -> list[list[Hypothesis]]:
     """enc (B, T, D), enc_lens (B,) -> per utterance, the N-best hypotheses, best first.
 
-    `ctc_scorer`: another implementation of the prefix scorer (the reference one, in tests and
-    benchmarks)."""
+    `ctc_scorer`: another implementation of the exact prefix scorer (the reference one, in tests
+    and benchmarks); `cfg.ctc_window` > 0 scores in windows (`common.ctc_window`) instead."""
     cfg.validate()
     batch, k, vocab = enc.shape[0], cfg.beam, model.vocab_size
     device = enc.device
@@ -191,7 +198,9 @@ def _initial_rows(model, enc: torch.Tensor, enc_lens: torch.Tensor, rows: torch.
     topm = min(cfg.topm, model.vocab_size)
     scorer = ctc_state = None
     if cfg.ctc_weight > 0:
-        scorer = ctc_scorer(model.ctc_log_probs(enc).index_select(0, rows), enc_lens.index_select(0, rows))
+        log_probs, lens = model.ctc_log_probs(enc).index_select(0, rows), enc_lens.index_select(0, rows)
+        scorer = (WindowedCTCPrefixScorer(log_probs, lens, cfg.ctc_window) if cfg.ctc_window
+                  else ctc_scorer(log_probs, lens))
         ctc_state = scorer.initial_state()
     return _Rows(memory=memory, state=model.decoder.init_state(memory), scores=scores.view(-1),
                  history=torch.zeros(n, 0, dtype=torch.long, device=device),

@@ -55,6 +55,38 @@ def ctc_prefix_scores(logp: list[list[float]], prefix: list[int]) -> tuple[float
     return psi, _logadd(r_n[-1], r_b[-1])
 
 
+def windowed_ctc_prefix_scores(logp: list[list[float]], prefix: list[int], margin: int) -> tuple[float, float]:
+    """`ctc_prefix_scores` under `common.ctc_window`'s rule, frame by frame: each token after the
+    first is first emitted within `margin` frames of the frame where the token before it most
+    likely was, and its frames end there (blanks alone after)."""
+    frames = len(logp)
+    r_n = [NEG_INF] * frames
+    r_b = [sum(logp[u][BLANK_ID] for u in range(t + 1)) for t in range(frames)]
+    psi, peak = 0.0, 0
+    for i, c in enumerate(prefix):
+        lo, hi = (0, frames - 1) if i == 0 else (max(i, peak - margin), min(frames - 1, peak + margin))
+        new_n, new_b = [NEG_INF] * frames, [NEG_INF] * frames
+        firsts = {}   # frame -> log P(the prefix so far, then c first emitted at that frame)
+        for t in range(lo, hi + 1):
+            if t == 0:
+                firsts[t] = logp[0][c]
+            else:
+                phi = r_b[t - 1] if i > 0 and prefix[i - 1] == c else _logadd(r_n[t - 1], r_b[t - 1])
+                firsts[t] = phi + logp[t][c]
+        for t in range(frames):
+            held = new_n[t - 1] + logp[t][c] if t > 0 and t <= hi else NEG_INF
+            new_n[t] = _logadd(held, firsts.get(t, NEG_INF))
+            if t > 0:
+                new_b[t] = _logadd(new_n[t - 1], new_b[t - 1]) + logp[t][BLANK_ID]
+        psi = NEG_INF
+        for value in firsts.values():
+            psi = _logadd(psi, value)
+        best = max(firsts.values(), default=NEG_INF)
+        peak = next((t for t in sorted(firsts) if firsts[t] == best), lo)
+        r_n, r_b = new_n, new_b
+    return psi, _logadd(r_n[-1], r_b[-1])
+
+
 @torch.no_grad()
 def reference_beam_search(model, enc: torch.Tensor, enc_len: int,
                           cfg: BeamConfig) -> list[Hypothesis]:

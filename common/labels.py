@@ -22,7 +22,10 @@ HYP_TOPM_IDS, HYP_TOPM_LOGP = "topm_ids", "topm_logp"
 # the decode settings (common.beam_search.BeamConfig's) that change the labels: what labels.json
 # records and a resumed job must match; a setting added to BeamConfig that does not change them
 # leaves every labels directory resumable
-LABEL_SETTINGS = ("beam", "nbest", "ctc_weight", "length_penalty", "max_len_ratio", "ctc_candidates", "topm")
+LABEL_SETTINGS = ("beam", "nbest", "ctc_weight", "length_penalty", "max_len_ratio", "ctc_candidates", "topm",
+                  "ctc_window")
+# a label setting added after labels.json files were written: what those were made with
+LATER_SETTINGS = {"ctc_window": 0}
 TOKENIZER = "tokenizer.model"   # a seqkd teacher's, copied beside the shards
 
 # text: in the corpus's form (lower case, numbers as words, no punctuation), what students learn
@@ -48,4 +51,4 @@ def label_settings(decode) -> dict:
 
 def same_settings(recorded: dict, settings: dict) -> bool:
     """Whether labels made with `recorded` (labels.json's) are what `settings` would make."""
-    return all(recorded.get(name) == settings[name] for name in LABEL_SETTINGS)
+    return all(recorded.get(name, LATER_SETTINGS.get(name)) == settings[name] for name in LABEL_SETTINGS)

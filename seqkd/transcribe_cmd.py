@@ -34,6 +34,9 @@ def add_beam_arguments(p: argparse.ArgumentParser, beam: int = 10, nbest: int = 
     p.add_argument("--ctc-weight", type=float, default=0.0)
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--max-len-ratio", type=float, default=1.0)
+    p.add_argument("--ctc-window", type=int, default=0, metavar="FRAMES",
+                   help="with --ctc-weight: score a hypothesis's next token only within FRAMES encoder "
+                        "frames of its last one (faster on long utterances, approximate; 0: every frame)")
 
 
 def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +54,8 @@ def beam_config(args: argparse.Namespace) -> BeamConfig:
     return from_dict(BeamConfig, {"beam": args.beam, "nbest": args.nbest,
                                   "ctc_weight": args.ctc_weight,
                                   "length_penalty": args.length_penalty,
-                                  "max_len_ratio": args.max_len_ratio}, "decode")
+                                  "max_len_ratio": args.max_len_ratio,
+                                  "ctc_window": args.ctc_window}, "decode")
 
 
 def run(args: argparse.Namespace) -> int:

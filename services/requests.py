@@ -37,6 +37,7 @@ class DecodeOptions(BaseModel):
     nbest: int = Field(1, ge=1)
     ctc_weight: float = Field(0.0, ge=0.0, le=1.0)
     length_penalty: float = Field(1.0, ge=0.0, le=5.0)
+    ctc_window: int = Field(0, ge=0, le=10_000)
 
     @field_validator("ctc_weight", "length_penalty")
     @classmethod
@@ -48,8 +49,13 @@ class DecodeOptions(BaseModel):
     def beam_config(self) -> BeamConfig:
         if self.nbest > self.beam:
             raise HTTPException(422, f"nbest ({self.nbest}) must be <= beam ({self.beam})")
-        return BeamConfig(beam=self.beam, nbest=self.nbest, ctc_weight=self.ctc_weight,
-                          length_penalty=self.length_penalty)
+        cfg = BeamConfig(beam=self.beam, nbest=self.nbest, ctc_weight=self.ctc_weight,
+                         length_penalty=self.length_penalty, ctc_window=self.ctc_window)
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return cfg
 
 
 def check_token(request: Request, token: str | None) -> None:

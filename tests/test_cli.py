@@ -79,3 +79,6 @@ def test_transcribe_bad_bundle_and_options(tmp_path, speech_dir):
     assert f"{tmp_path} is not a teacher" in out.stderr and "model.safetensors" in out.stderr and "model.bin" in out.stderr
     out = seqkd("transcribe", str(tmp_path), "x.wav", "--beam", "2", "--nbest", "5")
     assert out.returncode == 2 and "nbest must be in 1..beam" in out.stderr
+    out = seqkd("transcribe", str(tmp_path), "x.wav", "--ctc-window", "4")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "ctc_window windows the CTC prefix scores: it needs ctc_weight > 0" in out.stderr

@@ -224,6 +224,8 @@ def _bad_inputs(good: bytes) -> list[tuple[str, dict, int, str]]:
         ("negative ctc_weight", raw(good, params={"ctc_weight": -0.1}), 422, "ctc_weight"),
         ("ctc_weight > 1", raw(good, params={"ctc_weight": 1.5}), 422, "ctc_weight"),
         ("non-finite length_penalty", raw(good, params={"length_penalty": "nan"}), 422, "length_penalty"),
+        ("negative ctc_window", raw(good, params={"ctc_window": -1, "ctc_weight": 0.3}), 422, "ctc_window"),
+        ("ctc_window without ctc_weight", raw(good, params={"ctc_window": 4}), 422, "needs ctc_weight > 0"),
         ("unknown query parameter", raw(good, params={"temperature": 1}), 422, "unknown option"),
         ("option given twice", raw(good, params=[("beam", 2), ("beam", 3)]), 422, "more than once"),
         ("missing bearer token", {"content": good, "headers": {"Content-Type": "audio/wav"}}, 401,
