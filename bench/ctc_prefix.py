@@ -1,16 +1,17 @@
 """CTC prefix scoring, closed form (ours) vs the frame-by-frame loop, in a real model's decode.
 
     python bench/ctc_prefix.py --bundle RUN_OR_EXPORT --data D/test [--limit 150] [--beam 5]
-        [--ctc-weight 0.3] [--threads 1] [--batch-size 16] [--json out.json]
+        [--ctc-weight 0.3] [--window M ...] [--threads 1] [--batch-size 16] [--json out.json]
 
 One bundle (a PyTorch bundle or its ONNX export) decodes the first `--limit` utterances of a
-manifest through the batched beam search twice: with `common.ctc_prefix.CTCPrefixScorer` (the
-forward variables of the kept rows by cumulative sums, no loop over frames) and with
+manifest through the batched beam search with `common.ctc_prefix.CTCPrefixScorer` (the
+forward variables of the kept rows by cumulative sums, no loop over frames), with
 `common.beam_search_reference.LoopCTCPrefixScorer` (the same scorer with the recursion written
-frame by frame, as before). Per way: decode seconds (features + encoder + search, the best of
-`--repeat`), the CTC prefix scorer's share of it (cProfile, a separate run), and the tensor
-operations one scoring step issues (each one a kernel launch on a GPU). The two must give the
-same N-best, token for token.
+frame by frame, as before), and with `common.ctc_window`'s window of each `--window` margin.
+Per way: decode seconds (features + encoder + search, the best of `--repeat`), the CTC prefix
+scorer's share of it (cProfile, a separate run), the tensor operations one scoring step issues
+(each one a kernel launch on a GPU), and the 1-best WER. The exact two must give the same N-best,
+token for token; a window's WER is its cost (choose the margin on dev, report it on test).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import json
 import pstats
 import sys
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,11 +38,14 @@ from common.beam_search import BeamConfig, beam_search, length_sorted_batches  #
 from common.beam_search_reference import LoopCTCPrefixScorer  # noqa: E402
 from common.corpora.manifest import iter_rows  # noqa: E402
 from common.ctc_prefix import CTCPrefixScorer  # noqa: E402
+from common.ctc_window import WindowedCTCPrefixScorer  # noqa: E402
 from common.features import pad_features  # noqa: E402
+from common.metrics import error_rates  # noqa: E402
+from common.text import target_text  # noqa: E402
 from common.transcriber import Transcriber  # noqa: E402
 
 WAYS = {"closed form (ours)": CTCPrefixScorer, "frame loop (before)": LoopCTCPrefixScorer}
-SCORER_FILES = ("ctc_prefix.py", "beam_search_reference.py")
+SCORER_FILES = ("ctc_prefix.py", "ctc_window.py", "beam_search_reference.py")
 
 
 class _CountOps(TorchDispatchMode):
@@ -57,8 +63,8 @@ class _CountOps(TorchDispatchMode):
 class _CountingScorer:
     """Wraps a scorer class so that its score + select calls are counted per step."""
 
-    def __init__(self, cls: type[CTCPrefixScorer]) -> None:
-        self.cls, self.ops, self.steps = cls, 0, 0
+    def __init__(self, cls: type[CTCPrefixScorer], **kwargs) -> None:
+        self.cls, self.kwargs, self.ops, self.steps = cls, kwargs, 0, 0
 
     def __call__(self, log_probs: torch.Tensor, lens: torch.Tensor) -> CTCPrefixScorer:
         outer = self
@@ -77,7 +83,7 @@ class _CountingScorer:
                 outer.ops += ops.count
                 return out
 
-        return Counted(log_probs, lens)
+        return Counted(log_probs, lens, **self.kwargs)
 
 
 def decode(transcriber: Transcriber, waves: list[torch.Tensor], cfg: BeamConfig, scorer, batch_size: int):
@@ -101,8 +107,10 @@ def scorer_share(run) -> tuple[float, float]:
     prof.disable()
     stats = pstats.Stats(prof).stats
     total = max(ct for (_, _, name), (_, _, _, ct, _) in stats.items())
-    inside = sum(ct for (file, _, name), (_, _, _, ct, _) in stats.items()
-                 if file.endswith(SCORER_FILES) and name in ("score", "select"))
+    inside = sum(ct for (file, _, name), (_, _, _, _, callers) in stats.items()
+                 if file.endswith(SCORER_FILES) and name in ("score", "select")
+                 for (caller, _, _), (_, _, _, ct) in callers.items()   # calls from outside only: a
+                 if not caller.endswith(SCORER_FILES))                  # subclass's super() is inside
     return inside, total
 
 
@@ -113,6 +121,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--ctc-weight", type=float, default=0.3)
+    ap.add_argument("--window", type=int, nargs="*", default=[], metavar="M",
+                    help="also decode with a CTC window of each margin (frames)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=2)
@@ -121,24 +131,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     transcriber = Transcriber(args.bundle, device="cpu")
-    rows = list(iter_rows(args.data, ["audio", "duration_s"]))[: args.limit]
+    rows = list(iter_rows(args.data, ["audio", "duration_s", "text"]))[: args.limit]
     waves = [load_audio(r["audio"]) for r in rows]
     audio_s = sum(r["duration_s"] for r in rows)
     cfg = BeamConfig(beam=args.beam, nbest=args.beam, ctc_weight=args.ctc_weight)
 
     results, nbests = {}, {}
-    for name, cls in WAYS.items():
+    ways = {name: (cfg, cls, {}) for name, cls in WAYS.items()}
+    for m in args.window:
+        ways[f"closed form, window {m}"] = (replace(cfg, ctc_window=m), WindowedCTCPrefixScorer, {"margin": m})
+    refs = [target_text(r["text"], True) for r in rows]
+    for name, (way_cfg, cls, kwargs) in ways.items():
+        scorer = partial(cls, **kwargs)
         best = float("inf")
         for _ in range(args.repeat):
             began = time.perf_counter()
-            nbests[name] = decode(transcriber, waves, cfg, cls, args.batch_size)
+            nbests[name] = decode(transcriber, waves, way_cfg, scorer, args.batch_size)
             best = min(best, time.perf_counter() - began)
-        inside, total = scorer_share(lambda: decode(transcriber, waves, cfg, cls, args.batch_size))
-        counted = _CountingScorer(cls)
-        decode(transcriber, waves[: args.batch_size], cfg, counted, args.batch_size)
+        inside, total = scorer_share(lambda: decode(transcriber, waves, way_cfg, scorer, args.batch_size))
+        counted = _CountingScorer(cls, **kwargs)
+        decode(transcriber, waves[: args.batch_size], way_cfg, counted, args.batch_size)
+        hyps = [target_text(transcriber.bundle.tokenizer.decode(n[0].tokens), True) for n in nbests[name]]
         results[name] = {"decode_s": round(best, 3), "rtf": round(best / audio_s, 5),
                          "ctc_share": round(inside / total, 3),
-                         "ops_per_step": round(counted.ops / max(counted.steps, 1), 1)}
+                         "ops_per_step": round(counted.ops / max(counted.steps, 1), 1),
+                         "wer": round(100 * error_rates(refs, hyps).wer, 2)}
     ours, loop = (nbests[n] for n in WAYS)
     identical = all([h.tokens for h in a] == [h.tokens for h in b] for a, b in zip(ours, loop))
     names = list(WAYS)
@@ -150,11 +167,11 @@ def main() -> None:
 
     table = Table(title=f"CTC prefix scoring in a decode: {len(waves)} utts ({audio_s:.0f} s), "
                         f"beam {args.beam}, CTC weight {args.ctc_weight}, {args.threads} thread(s)")
-    for col in ["way", "decode s", "RTF", "CTC prefix share", "tensor ops per step"]:
+    for col in ["way", "decode s", "RTF", "CTC prefix share", "tensor ops per step", "WER %"]:
         table.add_column(col, justify="right")
     for name, r in results.items():
         table.add_row(name, f"{r['decode_s']:.2f}", f"{r['rtf']:.4f}", f"{100 * r['ctc_share']:.0f}%",
-                      f"{r['ops_per_step']:.0f}")
+                      f"{r['ops_per_step']:.0f}", f"{r['wer']:.2f}")
     console = Console()
     console.print(table)
     console.print(f"identical N-best: {identical}; decode {speedup:.2f}x faster")

@@ -16,7 +16,9 @@ distributions that word-level KD trains a student on, kept where the search comp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -89,6 +91,16 @@ def normalised(logp: float, length: int, penalty: float) -> float:
     return logp / (length ** penalty) if penalty else logp
 
 
+# (CTC log-probs (N, T, V), lengths (N,)) -> a prefix scorer over those rows
+ScorerFactory = Callable[[torch.Tensor, torch.Tensor], CTCPrefixScorer]
+
+
+def ctc_scorer_for(cfg: BeamConfig) -> ScorerFactory:
+    if cfg.ctc_window:
+        return partial(WindowedCTCPrefixScorer, margin=cfg.ctc_window)
+    return CTCPrefixScorer
+
+
 def ctc_candidate_count(cfg: BeamConfig, vocab: int) -> int:
     return min(vocab, int(math.ceil(cfg.ctc_candidates * cfg.beam)))
 
@@ -124,11 +136,11 @@ class _Rows:
 
 @torch.no_grad()
 def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfig,
-                ctc_scorer: type[CTCPrefixScorer] = CTCPrefixScorer) -> list[list[Hypothesis]]:
+                ctc_scorer: ScorerFactory | None = None) -> list[list[Hypothesis]]:
     """enc (B, T, D), enc_lens (B,) -> per utterance, the N-best hypotheses, best first.
 
-    `ctc_scorer`: another implementation of the exact prefix scorer (the reference one, in tests
-    and benchmarks); `cfg.ctc_window` > 0 scores in windows (`common.ctc_window`) instead."""
+    `ctc_scorer`: another prefix scorer (the reference one, in tests and benchmarks); by default
+    the exact one, or with `cfg.ctc_window` > 0 the windowed one (`common.ctc_window`)."""
     cfg.validate()
     batch, k, vocab = enc.shape[0], cfg.beam, model.vocab_size
     device = enc.device
@@ -189,7 +201,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, cfg: BeamConfi
 
 
 def _initial_rows(model, enc: torch.Tensor, enc_lens: torch.Tensor, rows: torch.Tensor, cfg: BeamConfig,
-                  ctc_scorer: type[CTCPrefixScorer]) -> _Rows:
+                  ctc_scorer: ScorerFactory | None) -> _Rows:
     """Every utterance's beam of rows before the first step: one live hypothesis (<s>) each."""
     n, k, device = rows.numel(), cfg.beam, enc.device
     memory = model.decoder.prepare(enc.index_select(0, rows), enc_lens.index_select(0, rows))
@@ -199,8 +211,7 @@ def _initial_rows(model, enc: torch.Tensor, enc_lens: torch.Tensor, rows: torch.
     scorer = ctc_state = None
     if cfg.ctc_weight > 0:
         log_probs, lens = model.ctc_log_probs(enc).index_select(0, rows), enc_lens.index_select(0, rows)
-        scorer = (WindowedCTCPrefixScorer(log_probs, lens, cfg.ctc_window) if cfg.ctc_window
-                  else ctc_scorer(log_probs, lens))
+        scorer = (ctc_scorer or ctc_scorer_for(cfg))(log_probs, lens)
         ctc_state = scorer.initial_state()
     return _Rows(memory=memory, state=model.decoder.init_state(memory), scores=scores.view(-1),
                  history=torch.zeros(n, 0, dtype=torch.long, device=device),
