@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--ctc-weight", type=float, default=0.3)
+    ap.add_argument("--ctc-window", type=int, default=0, help="CTC window margin in frames (0: exact)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -57,7 +58,7 @@ def main() -> None:
     work = Path(args.work) / bundle_id(bundle)
     forms = {"pytorch fp32": bundle, "onnx fp32": exported(bundle, work / "fp32", "fp32"),
              "onnx int8": exported(bundle, work / "int8", "int8")}
-    cfg = BeamConfig(beam=args.beam, ctc_weight=args.ctc_weight)
+    cfg = BeamConfig(beam=args.beam, ctc_weight=args.ctc_weight, ctc_window=args.ctc_window)
     rows = []
     for form, path in forms.items():
         row = {"form": form, "path": str(path), "mb": disk_bytes(path) / 1e6, "rtf": {}}
@@ -91,6 +92,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "bundle": str(bundle), "test": args.test, "beam": args.beam, "ctc_weight": args.ctc_weight,
+            "ctc_window": args.ctc_window,
             "repeat": args.repeat, "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
                                                "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
             "rows": rows}, indent=2))

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--nbest", type=int, default=5)
     ap.add_argument("--ctc-weight", type=float, default=0.3)
+    ap.add_argument("--ctc-window", type=int, default=0, help="CTC window margin in frames (0: exact)")
     ap.add_argument("--topm", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-cpus", type=int, default=2)
@@ -67,7 +68,8 @@ def main() -> None:
         args.utts, args.rss_utts, args.shard_size = 24, [48, 240], 24
     if teacher_kind(args.bundle) == WHISPER:   # no CTC head, no per-position distributions
         args.ctc_weight, args.topm = 0.0, 0
-    cfg = BeamConfig(beam=args.beam, nbest=args.nbest, ctc_weight=args.ctc_weight, topm=args.topm)
+    cfg = BeamConfig(beam=args.beam, nbest=args.nbest, ctc_weight=args.ctc_weight, topm=args.topm,
+                     ctc_window=args.ctc_window)
     rows = list(iter_rows(args.data))[: args.utts or None]
     audio_s = sum(r["duration_s"] for r in rows)
 
@@ -154,6 +156,7 @@ def driver_rss(args: argparse.Namespace, rows: list[dict], n: int, tmp: Path, ad
     command = [sys.executable, "-m", "seqkd", "label", args.rss_bundle or args.bundle, "--data", str(data),
                "--out", str(tmp / f"rss-{n}-labels"), "--beam", str(beam), "--nbest",
                str(min(args.nbest, beam)), "--ctc-weight", str(args.ctc_weight), "--topm", str(args.topm),
+               "--ctc-window", str(args.ctc_window),
                "--batch-size", str(args.batch_size), "--concurrency", str(max(args.concurrency)),
                "--address", address, "--json"]
     began = time.perf_counter()
