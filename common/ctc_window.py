@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from common.ctc_prefix import NEG_INF, CTCPrefixScorer, CTCState, Extension, forward_variables
+from common.ctc_prefix import NEG_INF, CTCPrefixScorer, CTCState, Extension, forward_variables, kept
 from common.tokenizer import BLANK_ID
 
 
@@ -27,6 +27,9 @@ class WindowedCTCPrefixScorer(CTCPrefixScorer):
             raise ValueError(f"a CTC window's margin must be >= 1 frame, not {margin}")
         super().__init__(log_probs, lens)
         self.margin = margin
+        device = log_probs.device
+        self.offsets = torch.arange(-margin - 1, margin + 1, device=device).unsqueeze(1)  # (W, 1)
+        self.halves = torch.tensor([0, 1], device=device).view(1, 2, 1)   # r's [non-blank, blank]
         self.blank_sum = torch.cumsum(self.x[:, :, BLANK_ID].double(), dim=0)   # (T, N)
 
     def initial_state(self) -> CTCState:
@@ -40,20 +43,19 @@ class WindowedCTCPrefixScorer(CTCPrefixScorer):
         real frames at or past the parent's length."""
         if state.length == 0:
             return super()._frames(state, cand)
-        t_max, n, device = self.x.shape[0], cand.shape[0], cand.device
-        offsets = torch.arange(-self.margin - 1, self.margin + 1, device=device).unsqueeze(1)
-        frames = state.peak.unsqueeze(0) + offsets                              # (W, N)
-        at = frames.clamp(0, t_max - 1)
-        row = torch.arange(n, device=device).unsqueeze(0)                       # (1, N)
-        xs = self.x[at.unsqueeze(-1), row.unsqueeze(-1), cand.unsqueeze(0)]     # (W, N, C)
+        t_max, n, vocab = self.x.shape
+        frames = state.peak + self.offsets                                      # (W, N)
+        # (frame, row) pairs as flat offsets: `take` is a third of advanced indexing's time on a CPU
+        at = frames.clamp(0, t_max - 1) * n + torch.arange(n, device=cand.device)   # (W, N)
+        xs = torch.take(self.x, (at * vocab).unsqueeze(-1) + cand)              # (W, N, C)
         outside = (frames < state.length) | (frames >= t_max)
         xs = xs.masked_fill(outside.unsqueeze(-1), NEG_INF)
-        r = state.r[at, :, row].permute(0, 2, 1)                                # (W, 2, N)
-        return xs, r, 0, frames
+        both = (at + (at // n) * n).unsqueeze(1) + self.halves * n             # (W, 2, N)
+        return xs, torch.take(state.r, both), 0, frames
 
     def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
                length: int) -> CTCState:
-        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]                 # (W, K)
+        xs, phi = kept(ext.xs, rows, cols), kept(ext.phi, rows, cols)           # (W, K)
         at_peak = _first_emission(xs, phi, ext.first)                           # (K,) held-frame index
         if ext.frames is None:
             state = super().select(ext, rows, cols, tokens, length)
@@ -61,7 +63,8 @@ class WindowedCTCPrefixScorer(CTCPrefixScorer):
             return state
         frames = ext.frames[:, rows]                                            # (W, K)
         t_max = self.x.shape[0]
-        blank = self.x[frames.clamp(0, t_max - 1), rows.unsqueeze(0), BLANK_ID]
+        vocab, n = self.x.shape[2], self.x.shape[1]
+        blank = torch.take(self.x, (frames.clamp(0, t_max - 1) * n + rows) * vocab + BLANK_ID)
         window = forward_variables(xs, phi, blank, first=False)                 # (W, 2, K)
         # where no first emission is possible (the prefix is), the window's first allowed frame
         peak = frames.gather(0, at_peak.unsqueeze(0)).squeeze(0).clamp(length - 1, t_max - 1)
