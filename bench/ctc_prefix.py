@@ -1,7 +1,7 @@
 """CTC prefix scoring, closed form (ours) vs the frame-by-frame loop, in a real model's decode.
 
     python bench/ctc_prefix.py --bundle RUN_OR_EXPORT --data D/test [--limit 150] [--beam 5]
-        [--ctc-weight 0.3] [--window M ...] [--threads 1] [--batch-size 16] [--json out.json]
+        [--ctc-weight 0.3] [--window M ...] [--concat K] [--threads 1] [--batch-size 16] [--json out.json]
 
 One bundle (a PyTorch bundle or its ONNX export) decodes the first `--limit` utterances of a
 manifest through the batched beam search with `common.ctc_prefix.CTCPrefixScorer` (the
@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, nargs="*", default=[], metavar="M",
                     help="also decode with a CTC window of each margin (frames)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--concat", type=int, default=1, metavar="K",
+                    help="decode every K consecutive utterances joined into one (long utterances)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json")
@@ -134,6 +136,10 @@ def main() -> None:
     rows = list(iter_rows(args.data, ["audio", "duration_s", "text"]))[: args.limit]
     waves = [load_audio(r["audio"]) for r in rows]
     audio_s = sum(r["duration_s"] for r in rows)
+    if args.concat > 1:   # long utterances: every `concat` consecutive ones joined, texts too
+        groups = range(0, len(rows), args.concat)
+        waves = [torch.cat(waves[i:i + args.concat]) for i in groups]
+        rows = [{"text": " ".join(r["text"] for r in rows[i:i + args.concat])} for i in groups]
     cfg = BeamConfig(beam=args.beam, nbest=args.beam, ctc_weight=args.ctc_weight)
 
     results, nbests = {}, {}
@@ -161,7 +167,7 @@ def main() -> None:
     names = list(WAYS)
     speedup = results[names[1]]["decode_s"] / results[names[0]]["decode_s"]
     summary = {"bundle": str(args.bundle), "data": str(args.data), "utterances": len(waves),
-               "audio_s": round(audio_s, 1), "beam": args.beam, "ctc_weight": args.ctc_weight,
+               "audio_s": round(audio_s, 1), "concat": args.concat, "beam": args.beam, "ctc_weight": args.ctc_weight,
                "threads": args.threads, "batch_size": args.batch_size, "identical_nbest": identical,
                "ways": results, "decode_speedup": round(speedup, 2)}
 
