@@ -74,8 +74,7 @@ class CTCPrefixScorer:
         if first:   # the token can be the first frame's label
             terms = torch.cat([xs[:1], terms], dim=0)
         psi = torch.logsumexp(terms, dim=0) if terms.shape[0] else xs.new_full(cand.shape, NEG_INF)
-        end = torch.logaddexp(state.r[-1, 0], state.r[-1, 1])        # (N,): the prefix is complete
-        psi = torch.where(cand == EOS_ID, end.unsqueeze(-1), psi)
+        psi = torch.where(cand == EOS_ID, self._complete(state, r_sum).unsqueeze(-1), psi)
         return psi - state.psi.unsqueeze(1), Extension(xs=xs, phi=phi, psi=psi, lo=lo, first=first,
                                                        frames=frames)
 
@@ -88,10 +87,15 @@ class CTCPrefixScorer:
         xs = torch.gather(self.x[lo:], 2, cand.unsqueeze(0).expand(t_max - lo, -1, -1))
         return xs, state.r[lo:], lo, None
 
+    def _complete(self, state: CTCState, r_sum: torch.Tensor) -> torch.Tensor:
+        """(N,) log probability that each row's prefix is the whole labelling: its forward
+        variables at the last frame, the last of the frames scored."""
+        return r_sum[-1]
+
     def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
                length: int) -> CTCState:
         """The state of the chosen (row, candidate column) pairs, one per new row."""
-        xs, phi = kept(ext.xs, rows, cols), kept(ext.phi, rows, cols)      # (T', K)
+        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]            # (T', K)
         blank = self.x[ext.lo:, :, BLANK_ID].index_select(1, rows)        # (T', K)
         r = self.x.new_full((self.x.shape[0], 2, rows.numel()), NEG_INF)
         r[ext.lo:] = forward_variables(xs, phi, blank, ext.first)
@@ -107,13 +111,6 @@ class CTCPrefixScorer:
         out = copy.copy(self)
         out.x = self.x.index_select(1, rows)
         return out
-
-
-def kept(held: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """held[:, rows, cols] of a (T', N, C) tensor, (T', K): one index_select of the flattened
-    (row, column) pairs, a third of advanced indexing's time on a CPU."""
-    frames, _, c = held.shape
-    return held.reshape(frames, -1).index_select(1, rows * c + cols)
 
 
 def select_state(state: CTCState, rows: torch.Tensor) -> CTCState:

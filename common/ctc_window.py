@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from common.ctc_prefix import NEG_INF, CTCPrefixScorer, CTCState, Extension, forward_variables, kept
+from common.ctc_prefix import NEG_INF, CTCPrefixScorer, CTCState, Extension, forward_variables
 from common.tokenizer import BLANK_ID
 
 
@@ -53,9 +53,13 @@ class WindowedCTCPrefixScorer(CTCPrefixScorer):
         both = (at + (at // n) * n).unsqueeze(1) + self.halves * n             # (W, 2, N)
         return xs, torch.take(state.r, both), 0, frames
 
+    def _complete(self, state: CTCState, r_sum: torch.Tensor) -> torch.Tensor:
+        """A window's frames may end before the last: read the last frame's variables."""
+        return torch.logaddexp(state.r[-1, 0], state.r[-1, 1])
+
     def select(self, ext: Extension, rows: torch.Tensor, cols: torch.Tensor, tokens: torch.Tensor,
                length: int) -> CTCState:
-        xs, phi = kept(ext.xs, rows, cols), kept(ext.phi, rows, cols)           # (W, K)
+        xs, phi = ext.xs[:, rows, cols], ext.phi[:, rows, cols]                 # (W, K)
         at_peak = _first_emission(xs, phi, ext.first)                           # (K,) held-frame index
         if ext.frames is None:
             state = super().select(ext, rows, cols, tokens, length)
