@@ -29,42 +29,22 @@ def _logadd(a: float, b: float) -> float:
     return m + math.log(math.exp(a - m) + math.exp(b - m))
 
 
-def ctc_prefix_scores(logp: list[list[float]], prefix: list[int]) -> tuple[float, float]:
+def ctc_prefix_scores(logp: list[list[float]], prefix: list[int], margin: int = 0) -> tuple[float, float]:
     """(log P(labelling starts with prefix), log P(labelling is exactly prefix)) under CTC,
-    by the textbook forward recursion over T frames of log-probs logp[t][v]."""
-    frames = len(logp)
-    r_n = [NEG_INF] * frames
-    r_b = [0.0] * frames
-    acc = 0.0
-    for t in range(frames):
-        acc += logp[t][BLANK_ID]
-        r_b[t] = acc
-    psi = 0.0
-    for i, c in enumerate(prefix):
-        new_n, new_b = [NEG_INF] * frames, [NEG_INF] * frames
-        psi = NEG_INF
-        if i == 0:
-            new_n[0] = logp[0][c]
-            psi = new_n[0]
-        for t in range(1, frames):
-            phi = r_b[t - 1] if i > 0 and prefix[i - 1] == c else _logadd(r_n[t - 1], r_b[t - 1])
-            new_n[t] = _logadd(new_n[t - 1], phi) + logp[t][c]
-            new_b[t] = _logadd(new_n[t - 1], new_b[t - 1]) + logp[t][BLANK_ID]
-            psi = _logadd(psi, phi + logp[t][c])
-        r_n, r_b = new_n, new_b
-    return psi, _logadd(r_n[-1], r_b[-1])
+    by the textbook forward recursion over T frames of log-probs logp[t][v].
 
-
-def windowed_ctc_prefix_scores(logp: list[list[float]], prefix: list[int], margin: int) -> tuple[float, float]:
-    """`ctc_prefix_scores` under `common.ctc_window`'s rule, frame by frame: each token after the
-    first is first emitted within `margin` frames of the frame where the token before it most
-    likely was, and its frames end there (blanks alone after)."""
+    `margin` > 0: under `common.ctc_window`'s rule, each token after the first is first emitted
+    within `margin` frames of the frame where the token before it most likely was, and its frames
+    end there (blanks alone after). 0: every frame."""
     frames = len(logp)
     r_n = [NEG_INF] * frames
     r_b = [sum(logp[u][BLANK_ID] for u in range(t + 1)) for t in range(frames)]
     psi, peak = 0.0, 0
     for i, c in enumerate(prefix):
-        lo, hi = (0, frames - 1) if i == 0 else (max(i, peak - margin), min(frames - 1, peak + margin))
+        if i == 0 or not margin:   # a token after i others is first emitted at frame i or later
+            lo, hi = i, frames - 1
+        else:
+            lo, hi = max(i, peak - margin), min(frames - 1, peak + margin)
         new_n, new_b = [NEG_INF] * frames, [NEG_INF] * frames
         firsts = {}   # frame -> log P(the prefix so far, then c first emitted at that frame)
         for t in range(lo, hi + 1):

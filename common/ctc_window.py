@@ -66,8 +66,7 @@ class WindowedCTCPrefixScorer(CTCPrefixScorer):
             state.peak = ext.lo + at_peak
             return state
         frames = ext.frames[:, rows]                                            # (W, K)
-        t_max = self.x.shape[0]
-        vocab, n = self.x.shape[2], self.x.shape[1]
+        t_max, n, vocab = self.x.shape
         blank = torch.take(self.x, (frames.clamp(0, t_max - 1) * n + rows) * vocab + BLANK_ID)
         window = forward_variables(xs, phi, blank, first=False)                 # (W, 2, K)
         # where no first emission is possible (the prefix is), the window's first allowed frame

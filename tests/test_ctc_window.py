@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.beam_search import BeamConfig, beam_search
-from common.beam_search_reference import windowed_ctc_prefix_scores
+from common.beam_search_reference import ctc_prefix_scores
 from common.ctc_window import WindowedCTCPrefixScorer
 from common.tokenizer import EOS_ID
 from tests.conftest import FAMILIES, tiny_model
@@ -45,12 +45,12 @@ def test_windowed_scores_equal_the_plain_windowed_recursion(margin):
         for n in range(rows):
             utt = logp[n, :int(lens[n])].tolist()
             done = prefixes[n][:step]
-            psi, complete = windowed_ctc_prefix_scores(utt, done, margin)
+            psi, complete = ctc_prefix_scores(utt, done, margin)
             _, want_end = psi, complete
             got_end = float(ext.psi[n, 0])
             assert _same(got_end, want_end), (step, n, "</s>")
             for col, tok in enumerate(tokens, start=1):
-                want, _ = windowed_ctc_prefix_scores(utt, done + [tok], margin)
+                want, _ = ctc_prefix_scores(utt, done + [tok], margin)
                 assert _same(float(ext.psi[n, col]), want), (step, n, tok)
         chosen = torch.tensor([prefixes[n][step] for n in range(rows)])
         cols = torch.tensor([tokens.index(int(t)) + 1 for t in chosen])
